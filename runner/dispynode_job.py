@@ -1,0 +1,697 @@
+"""Python job worker of the Rust dispynode.
+
+The Rust daemon never unpickles client data, so everything that has to run
+user Python (the computation's code, ``setup``, ``cleanup`` and the jobs) lives
+here.  The daemon starts one worker per *function* computation, as
+``python3 -c <this source>`` (so ``__file__`` is not available), and drives it
+through a private message stream:
+
+* daemon -> worker on the worker's stdin, worker -> daemon on its stdout;
+* every message is ``u32 BE header_len | UTF-8 JSON object | u32 BE blob_len | blob``.
+
+The worker compiles the code on ``init``, execs it and runs ``setup`` on
+``setup``, then forks one child per ``job``; jobs inherit the globals that the
+code and ``setup`` created, which is what dispy's "setup process" provides.
+Each child sends its outcome back over its own pipe and the worker turns it
+into a ``done`` message once the child has been reaped.
+
+Jobs talk to the client directly for ``dispy_provisional_result`` and
+``dispy_send_file``: the wire format there is dispy's (framed pickles of
+``dispy._JobReply`` / ``dispy._XferFile``), built by hand because the node has
+no ``dispy`` module.
+
+Standard library only, Python 3.7+, single-threaded (it forks).
+"""
+
+import io
+import json
+import linecache
+import logging
+import os
+import pickle
+import selectors
+import signal
+import socket
+import stat
+import struct
+import sys
+import time
+import traceback
+import types
+
+# dispy's file transfer sends exactly this many bytes per acknowledgement.
+FILE_CHUNK = 1024000
+# dispy job states carried in _JobReply.status.
+RUNNING, PROVISIONAL, TERMINATED, FINISHED = 6, 7, 9, 11
+# Results are pickled with protocol 4 so Python 3.7 clients can read them.
+RESULT_PROTOCOL = 4
+READ_SIZE = 1 << 20
+_LEN = struct.Struct('>L')
+
+
+# ---------------------------------------------------------------- framing
+
+def write_all(fd, data):
+    """os.write until everything is written (pipes accept partial writes)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def write_message(fd, header, blob=b''):
+    """Send one framed message.  Invalid UTF-8 (lone surrogates in captured
+    output) is replaced, because the Rust side requires valid UTF-8 JSON."""
+    text = json.dumps(header, ensure_ascii=False).encode('utf-8', 'replace')
+    write_all(fd, _LEN.pack(len(text)) + text + _LEN.pack(len(blob)))
+    write_all(fd, blob)
+
+
+class FrameBuffer:
+    """Accumulates bytes read from a non-blocking stream and cuts them into
+    (header, blob) messages, so the worker never blocks on one peer."""
+
+    def __init__(self):
+        self._buf = bytearray()
+
+    def feed(self, data):
+        self._buf += data
+
+    def pop(self):
+        """Return the next complete message, or None if more bytes are needed."""
+        buf = self._buf
+        if len(buf) < 4:
+            return None
+        header_len = _LEN.unpack_from(buf, 0)[0]
+        if len(buf) < 8 + header_len:
+            return None
+        blob_start = 8 + header_len
+        end = blob_start + _LEN.unpack_from(buf, 4 + header_len)[0]
+        if len(buf) < end:
+            return None
+        header = json.loads(bytes(buf[4:4 + header_len]).decode('utf-8'))
+        with memoryview(buf) as view:  # one copy of a possibly huge blob
+            blob = bytes(view[blob_start:end])
+        del buf[:end]
+        return header, blob
+
+
+# ---------------------------------------------------------------- dispy pickles
+
+def dispy_pickle(class_name, state):
+    """Pickle an instance of ``dispy.<class_name>`` with the given state.
+
+    The node has no dispy module, so the object is assembled from opcodes:
+    GLOBAL dispy.<class_name>, EMPTY_TUPLE, NEWOBJ, the state dict, BUILD,
+    STOP.  The state is a protocol-3 pickle body (no FRAME, its own memo) so it
+    can be spliced into a protocol-4 stream that Python 3.7+ clients load.
+    """
+    body = pickle.dumps(state, 3)[2:-1]  # strip PROTO 3 and STOP
+    return (b'\x80\x04cdispy\n' + class_name.encode('ascii') + b'\n)\x81'
+            + body + b'b.')
+
+
+class _IntOnlyUnpickler(pickle.Unpickler):
+    """File-transfer acks are plain ints; refusing globals means a bogus peer
+    cannot make the job import or call anything."""
+
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError('unexpected global %s.%s' % (module, name))
+
+
+def _load_ack(data):
+    value = _IntOnlyUnpickler(io.BytesIO(data)).load()
+    if type(value) is not int:
+        raise ValueError('file transfer ack is not an int: %r' % (value,))
+    return value
+
+
+# ---------------------------------------------------------------- user code helpers
+
+def format_user_exception(exc, user_globals):
+    """Format ``exc`` the way dispy clients expect: the traceback starts at the
+    first frame of user code (code exec'd in ``user_globals``), so the
+    worker's own frames never show up in ``job.exception``.  Without user
+    frames (e.g. a call with wrong arguments) only the exception line remains,
+    as in the reference."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_globals is not user_globals:
+        tb = tb.tb_next
+    return ''.join(traceback.format_exception(type(exc), exc, tb))
+
+
+def lookup(user_globals, name):
+    """The user function ``name``; NameError (like the reference's exec of
+    ``name(...)``) when the code does not define it."""
+    try:
+        return user_globals[name]
+    except KeyError:
+        raise NameError('name %r is not defined' % (name,)) from None
+
+
+# ---------------------------------------------------------------- in-job client link
+
+def _recv_exact(sock, size):
+    chunks = []
+    while size:
+        chunk = sock.recv(min(size, READ_SIZE))
+        if not chunk:
+            raise ConnectionError('peer closed the connection')
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b''.join(chunks)
+
+
+def _send_frame(sock, payload):
+    sock.sendall(_LEN.pack(len(payload)) + payload)
+
+
+def _recv_frame(sock):
+    return _recv_exact(sock, _LEN.unpack(_recv_exact(sock, 4))[0])
+
+
+def _dest_dir(abs_path):
+    """``_XferFile.dest_path`` as dispy computes it: the file's directory
+    relative to the job's cwd ('' directly in it), or '.' for a file outside
+    it (the client then stores it in its own top directory)."""
+    rel = os.path.relpath(abs_path, os.getcwd())
+    if rel == os.pardir or rel.startswith(os.pardir + os.sep):
+        return '.'
+    return os.path.dirname(rel)
+
+
+class ClientLink:
+    """Implements dispy_provisional_result / dispy_send_file for the job
+    running in this process.
+
+    One instance is created at ``init``; each forked job calls begin_job() on
+    its own copy, so the _JobReply it sends (status, last provisional result)
+    is private to that job, as the reference's per-job reply object is.
+    """
+
+    def __init__(self, config):
+        self.client_addr = tuple(config['client_addr'])
+        self.scheduler_addr = tuple(config['scheduler_addr'])
+        self.reply_ip_addr = config['reply_ip_addr']
+        self.certfile = config.get('certfile')
+        self.max_file_size = config.get('max_file_size') or 0
+        self.reply = None
+
+    def begin_job(self, uid, job_hash, start_time):
+        self.reply = {'uid': uid, 'hash': job_hash, 'ip_addr': self.reply_ip_addr,
+                      'status': RUNNING, 'result': None, 'stdout': None, 'stderr': None,
+                      'exception': None, 'start_time': start_time, 'end_time': 0}
+
+    def _connect(self, relay, timeout):
+        addr = self.scheduler_addr if relay else self.client_addr
+        sock = socket.create_connection(addr, timeout=timeout)
+        if not self.certfile:
+            return sock
+        try:
+            import ssl
+            # The peer uses the same self-signed certificate; pycos checks the
+            # chain against it but never the host name, and sends no client cert.
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.check_hostname = False
+            ctx.load_verify_locations(self.certfile)
+            return ctx.wrap_socket(sock)
+        except BaseException:
+            sock.close()
+            raise
+
+    def provisional_result(self, result, relay, timeout):
+        if self.reply is None:
+            return -1
+        # Pickling errors propagate to the caller, as in the reference.
+        self.reply.update(status=PROVISIONAL, end_time=time.time(),
+                          result=pickle.dumps(result, RESULT_PROTOCOL))
+        try:
+            with self._connect(relay, timeout) as sock:
+                _send_frame(sock, b'JOB_REPLY:' + dispy_pickle('_JobReply', self.reply))
+                return 0 if _recv_frame(sock) == b'ACK' else -1
+        except Exception:
+            return -1
+
+    def send_file(self, path, relay, timeout):
+        if self.reply is None:
+            return -1
+        try:
+            name = os.path.abspath(path)
+            stat_buf = os.stat(name)
+        except (OSError, TypeError, ValueError):
+            return -1
+        size = stat_buf.st_size
+        if not stat.S_ISREG(stat_buf.st_mode) or 0 < self.max_file_size < size:
+            return -1
+        xfer = {'name': name, 'dest_path': _dest_dir(name), 'compute_id': None,
+                'stat_buf': stat_buf, 'sep': os.sep}
+        try:
+            with open(name, 'rb') as fd, self._connect(relay, timeout) as sock:
+                _send_frame(sock, b'FILEXFER:' + dispy_pickle('_XferFile', xfer))
+                _send_frame(sock, dispy_pickle('_JobReply', self.reply))
+                # The client acks how many bytes it has; we send the next chunk.
+                while True:
+                    recvd = _load_ack(_recv_frame(sock))
+                    if recvd == size:
+                        return 0
+                    if not 0 <= recvd < size:
+                        return -1
+                    count = min(size - recvd, FILE_CHUNK)
+                    fd.seek(recvd)
+                    data = fd.read(count)
+                    if len(data) != count:  # the file shrank meanwhile
+                        return -1
+                    sock.sendall(data)
+        except Exception:
+            return -1
+
+
+def make_job_api(link, default_timeout):
+    """The two functions jobs call, with the reference's signatures (the
+    default timeout is the node's msg_timeout)."""
+
+    def dispy_provisional_result(result, relay=False, timeout=default_timeout):
+        """Send ``result`` to the client (the scheduler if ``relay``) as a
+        provisional result of this job.  Returns 0 if acknowledged, else -1."""
+        return link.provisional_result(result, relay, timeout)
+
+    def dispy_send_file(path, relay=False, timeout=default_timeout):
+        """Send the file at ``path`` to the client (the scheduler if
+        ``relay``), which stores it under the same relative path.
+        Returns 0 on success, -1 on failure or if the file is too big."""
+        return link.send_file(path, relay, timeout)
+
+    return dispy_provisional_result, dispy_send_file
+
+
+def make_logger():
+    """``dispynode_logger`` for user code.  It writes to the worker's real
+    stderr (the daemon's log), not to a job's captured sys.stderr."""
+    logger = logging.getLogger('dispynode')
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.__stderr__)
+        handler.setFormatter(logging.Formatter('%(asctime)s dispynode - %(message)s'))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    return logger
+
+
+# ---------------------------------------------------------------- the worker
+
+class RunningJob:
+    """A forked job child and the pipe on which it reports its outcome."""
+
+    def __init__(self, job_id, pid, fd):
+        self.id = job_id
+        self.pid = pid
+        self.fd = fd
+        self.output = FrameBuffer()
+
+
+def _describe_exit(wait_status):
+    """(signal, exit_code, explanation) for a child that sent no result."""
+    if wait_status is None:
+        return None, None, 'job process was reaped by someone else'
+    if os.WIFSIGNALED(wait_status):
+        sig = os.WTERMSIG(wait_status)
+        try:
+            sig_name = signal.Signals(sig).name
+        except ValueError:
+            sig_name = 'unknown'
+        return sig, None, 'job process was killed by signal %d (%s)' % (sig, sig_name)
+    code = os.WEXITSTATUS(wait_status)
+    return None, code, 'job process exited with status %d without a result' % code
+
+
+class Worker:
+    """Serves the daemon's control stream and the job children's pipes from
+    one select loop, so a slow or huge result never stalls the other jobs or
+    a ``kill``."""
+
+    def __init__(self, ctl_in, ctl_out):
+        self.ctl_in = ctl_in
+        self.ctl_out = ctl_out
+        self.inbox = FrameBuffer()
+        self.jobs = {}  # pid -> RunningJob
+        self.config = None
+        self.code = None
+        self.link = None
+        self.job_api = None
+        self.logger = make_logger()
+        self.user_globals = None  # set once setup succeeded
+        self.setup_args = ()
+
+        os.set_blocking(ctl_in, False)
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(ctl_in, selectors.EVENT_READ, self._on_control)
+        # SIGCHLD wakes the select loop through this pipe; children are then
+        # reaped by pid (never waitpid(-1), which would steal the exit status
+        # of processes that user setup code started).
+        self.wakeup_r, self.wakeup_w = os.pipe()
+        os.set_blocking(self.wakeup_r, False)
+        os.set_blocking(self.wakeup_w, False)
+        signal.set_wakeup_fd(self.wakeup_w, warn_on_full_buffer=False)
+        signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+        self.selector.register(self.wakeup_r, selectors.EVENT_READ, self._on_sigchld)
+
+    def run(self):
+        while True:
+            for key, _ in self.selector.select():
+                key.data()
+
+    # ---- daemon stream
+
+    def send(self, header, blob=b''):
+        try:
+            write_message(self.ctl_out, header, blob)
+        except OSError:  # the daemon is gone
+            self.abort()
+
+    def _on_control(self):
+        try:
+            data = os.read(self.ctl_in, READ_SIZE)
+        except BlockingIOError:
+            return
+        if not data:
+            self.abort()
+        self.inbox.feed(data)
+        while True:
+            msg = self.inbox.pop()
+            if msg is None:
+                return
+            header, blob = msg
+            handler = getattr(self, '_op_' + str(header.get('op')), None)
+            if handler is None:
+                self.logger.warning('worker: ignoring unknown op %r', header.get('op'))
+            else:
+                handler(header, blob)
+
+    # ---- ops
+
+    def _op_init(self, header, blob):
+        try:
+            os.chdir(header['dest_path'])
+            self.code = compile(header['code'] or '', '<string>', 'exec')
+        except (SyntaxError, ValueError, OSError) as exc:
+            self.send({'ev': 'init', 'ok': False,
+                       'error': ''.join(traceback.format_exception_only(type(exc), exc))})
+            return
+        # Like the reference's setup process: imports see the computation dir.
+        sys.path[:] = ['.'] + [p for p in sys.path if p not in ('', '.')]
+        self.config = header
+        self.link = ClientLink(header)
+        self.job_api = make_job_api(self.link, header.get('msg_timeout'))
+        self.send({'ev': 'init', 'ok': True})
+
+    def _op_setup(self, header, blob):
+        error = self._setup(blob)
+        if error is None:
+            self.send({'ev': 'setup', 'ok': True})
+        else:
+            self.send({'ev': 'setup', 'ok': False, 'error': error})
+
+    def _setup(self, blob):
+        """Exec the code in a fresh __main__, unpickle SETUP, run ``setup``.
+        Returns None on success, else the error text for the client."""
+        self.user_globals = None
+        if self.config is None:
+            return 'invalid computation'
+        config = self.config
+        # A fresh __main__ keeps the worker's names out of user globals and
+        # lets pickles of the client's __main__ classes resolve to user code.
+        module = types.ModuleType('__main__')
+        user_globals = module.__dict__
+        provisional_result, send_file = self.job_api
+        user_globals.update(
+            dispy_node_name=config['node_name'], dispy_node_ip_addr=config['node_ip_addr'],
+            dispy_job_path=config['dest_path'], dispy_provisional_result=provisional_result,
+            dispy_send_file=send_file, dispynode_logger=self.logger,
+            # Reference jobs see everything dispynode imported; sloppy code relies on these.
+            os=os, sys=sys, time=time, socket=socket, pickle=pickle)
+        sys.modules['__main__'] = module
+        try:
+            os.chdir(config['dest_path'])
+            exec(self.code, user_globals)
+        except BaseException as exc:
+            return 'loading "depends" failed with ' + format_user_exception(exc, user_globals)
+        try:
+            setup_args = pickle.loads(blob)['setup_args']
+        except Exception:
+            return 'invalid computation'
+        if not isinstance(setup_args, tuple):
+            return 'invalid computation'
+        if config.get('setup'):
+            try:
+                status = lookup(user_globals, config['setup'])(*setup_args)
+            except BaseException as exc:
+                return '"setup" failed with ' + format_user_exception(exc, user_globals)
+            # 0, 1 and 2 only differ in how the reference ships globals to
+            # jobs; here jobs always fork from this process.
+            if status not in (0, 1, 2):
+                return '"setup" failed with %s' % (status,)
+        self.user_globals = user_globals
+        self.setup_args = setup_args
+        return None
+
+    def _send_not_started(self, job_id, explanation):
+        """``done`` for a job that never got a process (no ``started``)."""
+        self.send({'ev': 'done', 'id': job_id, 'status': TERMINATED, 'stdout': None,
+                   'stderr': None, 'exception': explanation}, pickle.dumps(None, RESULT_PROTOCOL))
+
+    def _op_job(self, header, blob):
+        if self.user_globals is None:
+            self._send_not_started(header['id'], 'computation is not set up')
+            return
+        for stream in (sys.stdout, sys.stderr):  # don't fork unflushed output
+            stream.flush()
+        read_fd, write_fd = os.pipe()
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            os.close(read_fd)
+            os.close(write_fd)
+            self._send_not_started(header['id'], 'could not start job process: %s' % exc)
+            return
+        if pid == 0:
+            os.close(read_fd)
+            self._job_child(header, blob, write_fd)  # never returns
+        os.close(write_fd)
+        os.set_blocking(read_fd, False)
+        job = RunningJob(header['id'], pid, read_fd)
+        self.jobs[pid] = job
+        self.selector.register(read_fd, selectors.EVENT_READ, lambda: self._on_job_output(job))
+        self.send({'ev': 'started', 'id': job.id, 'pid': pid})
+
+    def _op_kill(self, header, blob):
+        for job in self.jobs.values():
+            if job.id == header.get('id'):
+                self._kill(job)
+
+    def _op_close(self, header, blob):
+        self._kill_all(report=True)
+        error = self._cleanup()
+        self.send({'ev': 'closed', 'ok': error is None, 'error': error})
+        self._exit(0)
+
+    def _cleanup(self):
+        """Run the computation's cleanup function, if it names one and setup
+        succeeded (the reference runs it in the setup process only)."""
+        name = self.config.get('cleanup') if self.config else None
+        if self.user_globals is None or not isinstance(name, str):
+            return None
+        try:
+            os.chdir(self.config['dest_path'])
+            lookup(self.user_globals, name)(*self.setup_args)
+        except BaseException as exc:
+            return '"cleanup" failed with ' + format_user_exception(exc, self.user_globals)
+        return None
+
+    # ---- job children
+
+    def _job_child(self, header, blob, result_fd):
+        """Body of the forked job process.  Never returns: whatever happens,
+        the process ends here, so it cannot fall back into the worker loop."""
+        exit_code = 1
+        try:
+            os.setsid()  # own process group: kill reaches the job's descendants
+            signal.set_wakeup_fd(-1)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            self._close_worker_fds()
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            reply, result = self._run_job(header, blob)
+            write_message(result_fd, reply, result)
+            exit_code = 0
+        except BaseException:
+            traceback.print_exc(file=sys.__stderr__)
+        finally:
+            os._exit(exit_code)
+
+    def _close_worker_fds(self):
+        for key in list(self.selector.get_map().values()):
+            os.close(key.fd)
+        self.selector.close()
+        os.close(self.wakeup_w)
+        os.close(self.ctl_out)
+
+    def _run_job(self, header, blob):
+        """Run the user function; returns the reply header and result pickle."""
+        cgroup_procs = header.get('cgroup_procs')
+        if cgroup_procs:
+            try:  # join the job's cgroup before any user code runs
+                with open(cgroup_procs, 'w') as fd:
+                    fd.write('0')
+            except OSError as exc:
+                return ({'status': TERMINATED, 'stdout': None, 'stderr': None,
+                         'exception': 'could not join cgroup %s: %s' % (cgroup_procs, exc)},
+                        pickle.dumps(None, RESULT_PROTOCOL))
+        self.link.begin_job(header['uid'], header['hash'], header['start_time'])
+        user_globals = self.user_globals
+        stdout, stderr = sys.stdout, sys.stderr = io.StringIO(), io.StringIO()
+        try:
+            os.chdir(self.config['dest_path'])  # setup may have moved the worker
+            if header.get('code'):
+                exec(compile(header['code'], '<string>', 'exec'), user_globals)
+            args_len = header['args_len']
+            args = pickle.loads(blob[:args_len])
+            kwargs = pickle.loads(blob[args_len:])
+            value = lookup(user_globals, self.config['name'])(*args, **kwargs)
+            status, result, exception = FINISHED, pickle.dumps(value, RESULT_PROTOCOL), None
+        except BaseException as exc:  # includes KeyboardInterrupt from a cancel
+            status, result = TERMINATED, pickle.dumps(None, RESULT_PROTOCOL)
+            exception = format_user_exception(exc, user_globals)
+        return ({'status': status, 'stdout': stdout.getvalue(), 'stderr': stderr.getvalue(),
+                 'exception': exception}, result)
+
+    def _on_job_output(self, job):
+        if job.fd is None:  # drained and closed earlier in the same select batch
+            return
+        try:
+            data = os.read(job.fd, READ_SIZE)
+        except BlockingIOError:
+            return
+        if data:
+            job.output.feed(data)
+        else:
+            self._close_output(job)
+
+    def _close_output(self, job):
+        self.selector.unregister(job.fd)
+        os.close(job.fd)
+        job.fd = None
+
+    def _drain_output(self, job):
+        """Read what an exited child left in its pipe.  Stops at EOF, or when
+        the pipe is empty but still held open by a descendant of the job."""
+        while job.fd is not None:
+            try:
+                data = os.read(job.fd, READ_SIZE)
+            except BlockingIOError:
+                data = b''
+            if data:
+                job.output.feed(data)
+            else:
+                self._close_output(job)
+
+    def _on_sigchld(self):
+        try:
+            while os.read(self.wakeup_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        for job in list(self.jobs.values()):
+            try:
+                pid, wait_status = os.waitpid(job.pid, os.WNOHANG)
+            except ChildProcessError:
+                pid, wait_status = job.pid, None
+            if pid:
+                self._finish(job, wait_status)
+
+    def _finish(self, job, wait_status, report=True):
+        """Forget a reaped child and send its ``done``."""
+        del self.jobs[job.pid]
+        self._drain_output(job)
+        if not report:
+            return
+        msg = job.output.pop()
+        if msg is not None:
+            reply, result = msg
+            header = {'ev': 'done', 'id': job.id}
+            header.update(reply)
+            self.send(header, result)
+            return
+        sig, exit_code, explanation = _describe_exit(wait_status)
+        self.send({'ev': 'done', 'id': job.id, 'status': TERMINATED, 'stdout': None,
+                   'stderr': None, 'exception': explanation, 'signal': sig,
+                   'exit_code': exit_code}, pickle.dumps(None, RESULT_PROTOCOL))
+
+    @staticmethod
+    def _kill(job):
+        # The group takes the job's descendants; the pid itself covers the
+        # instant before the child's setsid().  The child is not reaped yet,
+        # so neither id can have been reused.
+        for kill, target in ((os.killpg, job.pid), (os.kill, job.pid)):
+            try:
+                kill(target, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def _kill_all(self, report):
+        jobs = list(self.jobs.values())
+        for job in jobs:
+            self._kill(job)
+        for job in jobs:
+            try:
+                wait_status = os.waitpid(job.pid, 0)[1]
+            except ChildProcessError:
+                wait_status = None
+            self._finish(job, wait_status, report)
+
+    def abort(self, exit_code=0):
+        """The daemon is gone (or the worker broke): kill and reap the jobs,
+        exit without cleanup."""
+        self._kill_all(report=False)
+        self._exit(exit_code)
+
+    @staticmethod
+    def _exit(code):
+        # os._exit: threads or atexit hooks left by user code must not keep
+        # the worker alive once the daemon is done with it.
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        os._exit(code)
+
+
+def take_control_fds():
+    """Move the daemon's streams to private close-on-exec fds and point fd 0
+    at /dev/null and fd 1 at stderr, so that fd-level output of user code and
+    of its child processes lands in the daemon's log instead of corrupting
+    the control stream."""
+    ctl_in, ctl_out = os.dup(0), os.dup(1)  # os.dup() fds are non-inheritable
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    os.dup2(2, 1)
+    return ctl_in, ctl_out
+
+
+def main():
+    # Python 3.13+ caches the `-c` source as "<string>", the file name of user
+    # code too; tracebacks would then quote worker lines as user source.
+    linecache.cache.pop('<string>', None)
+    # The daemon ends the worker by closing its stdin (or `close`); a Ctrl-C
+    # meant for the daemon must not kill the worker before it can kill jobs.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    worker = Worker(*take_control_fds())
+    try:
+        worker.run()
+    except BaseException:
+        traceback.print_exc()
+        worker.abort(1)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,513 @@
+//! Job lifecycle: start (function jobs in the computation's Python worker, program jobs as
+//! processes of their own), terminate, finish and deliver the reply; closing computations.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use serde_json::{json, Value as Json};
+use tokio::process::Command;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use super::worker::JobEvent;
+use super::{now, Node};
+use crate::net;
+use crate::protocol::message::{self, status, Job, JobReply, Output, PICKLED_NONE};
+use crate::protocol::pickle::{self, Value};
+use crate::store::{self, Dir};
+
+/// How a job ended, before it becomes a `_JobReply`.
+pub(crate) enum Outcome {
+    Function {
+        header: Json,
+        result: Vec<u8>,
+    },
+    Program {
+        code: i32,
+        stdout: Vec<u8>,
+        stderr: Vec<u8>,
+    },
+    Failed(String),
+}
+
+/// How long the cleanup function of a computation may run at close.
+const CLEANUP_LIMIT: Duration = Duration::from_secs(30);
+
+impl Node {
+    /// Routes a worker's job events until it exits.
+    pub(crate) async fn worker_events(
+        self: Arc<Self>,
+        compute_id: i64,
+        mut rx: UnboundedReceiver<JobEvent>,
+    ) {
+        while let Some(ev) = rx.recv().await {
+            match ev {
+                JobEvent::Started { id, pid } => {
+                    if let Some(j) = self.lock().jobs.get_mut(&id) {
+                        j.pid = Some(pid);
+                    }
+                }
+                JobEvent::Done { id, header, result } => {
+                    let n = self.clone();
+                    tokio::spawn(async move {
+                        n.finish_job(id, Outcome::Function { header, result }).await
+                    });
+                }
+                JobEvent::WorkerExited => {
+                    let ids: Vec<u64> = self
+                        .lock()
+                        .jobs
+                        .iter()
+                        .filter(|(_, j)| j.compute_id == compute_id)
+                        .map(|(id, _)| *id)
+                        .collect();
+                    for id in ids {
+                        let n = self.clone();
+                        tokio::spawn(async move {
+                            n.finish_job(
+                                id,
+                                Outcome::Failed("the job's Python worker exited".into()),
+                            )
+                            .await
+                        });
+                    }
+                    break;
+                }
+            }
+        }
+    }
+
+    pub(crate) async fn start_function_job(self: &Arc<Self>, id: u64, job: &Job) {
+        let worker = self
+            .lock()
+            .computations
+            .get(&job.compute_id)
+            .and_then(|c| c.worker.clone());
+        let header = json!({
+            "op": "job", "id": id, "uid": job.uid, "hash": job.hash, "start_time": now(),
+            "code": job.code, "args_len": job.args.len(), "cgroup_procs": null,
+        });
+        let started = match worker {
+            Some(w) => w
+                .start_job(header, &job.args, &job.kwargs)
+                .await
+                .map_err(|e| e.to_string()),
+            None => Err("the computation has no worker".into()),
+        };
+        if let Err(e) = started {
+            self.clone()
+                .finish_job(id, Outcome::Failed(format!("could not start the job: {e}")))
+                .await;
+        }
+    }
+
+    /// Runs a program job: `[interpreter] <program> args...` in the computation directory,
+    /// in a process group of its own so that termination reaches its children too.
+    pub(crate) fn start_program_job(self: &Arc<Self>, id: u64, job: &Job, dir: &std::path::Path) {
+        let (program, node_ip, name) = {
+            let st = self.lock();
+            match st.computations.get(&job.compute_id) {
+                Some(c) => (
+                    c.compute.name.clone(),
+                    c.compute.node_ip_addr.clone(),
+                    self.cfg.name.clone(),
+                ),
+                None => return,
+            }
+        };
+        let args = match message::program_args(&job.args) {
+            Ok(a) => a,
+            Err(e) => {
+                let n = self.clone();
+                tokio::spawn(async move {
+                    n.finish_job(
+                        id,
+                        Outcome::Failed(format!("invalid program arguments: {e}")),
+                    )
+                    .await
+                });
+                return;
+            }
+        };
+        let mut argv: Vec<String> = Vec::new();
+        let lower = program.to_ascii_lowercase();
+        if lower.ends_with(".py") {
+            argv.push(self.python.clone());
+        } else if lower.ends_with(".java") {
+            argv.push("java".into());
+        }
+        argv.push(program);
+        argv.extend(args);
+        let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into());
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..])
+            .current_dir(dir)
+            .env("PATH", format!("{}:{path}", dir.display()))
+            .env("dispy_job_path", dir)
+            .env("dispy_node_ip_addr", node_ip)
+            .env("dispy_node_name", name)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        let child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                let n = self.clone();
+                let msg = format!("could not run {}: {e}", argv[0]);
+                tokio::spawn(async move { n.finish_job(id, Outcome::Failed(msg)).await });
+                return;
+            }
+        };
+        if let Some(j) = self.lock().jobs.get_mut(&id) {
+            j.pid = child.id().and_then(|p| i32::try_from(p).ok());
+        }
+        let n = self.clone();
+        tokio::spawn(async move {
+            let outcome = match child.wait_with_output().await {
+                Ok(out) => {
+                    use std::os::unix::process::ExitStatusExt;
+                    let code = out
+                        .status
+                        .code()
+                        .unwrap_or_else(|| -out.status.signal().unwrap_or(0));
+                    Outcome::Program {
+                        code,
+                        stdout: out.stdout,
+                        stderr: out.stderr,
+                    }
+                }
+                Err(e) => Outcome::Failed(format!("waiting for the program failed: {e}")),
+            };
+            n.finish_job(id, outcome).await;
+        });
+    }
+
+    /// Terminates a running job; its Terminated reply follows through `finish_job`.
+    pub(crate) async fn terminate_job(self: &Arc<Self>, id: u64) {
+        let (worker, pid, kind_program) = {
+            let mut st = self.lock();
+            let Some(j) = st.jobs.get_mut(&id) else {
+                return;
+            };
+            j.terminated = true;
+            let (cid, pid) = (j.compute_id, j.pid);
+            let c = st.computations.get(&cid);
+            (
+                c.and_then(|c| c.worker.clone()),
+                pid,
+                c.is_some_and(|c| c.worker.is_none()),
+            )
+        };
+        if kind_program {
+            if let Some(pid) = pid {
+                // The program runs in its own process group: kill all of it.
+                let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        } else if let Some(w) = worker {
+            if w.kill_job(id).await.is_err() {
+                if let Some(pid) = pid {
+                    let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+                }
+            }
+        }
+    }
+
+    /// Frees the job's CPU, builds its reply and delivers it to the client.
+    pub(crate) async fn finish_job(self: Arc<Self>, id: u64, outcome: Outcome) {
+        let (job, comp_dir, reply_ip, reply_addr, to_remove) = {
+            let mut st = self.lock();
+            let Some(job) = st.jobs.remove(&id) else {
+                return;
+            };
+            // The CPU is free before the reply goes out: the client may send the next job as
+            // soon as it has the reply (G29).
+            st.avail_cpus += 1;
+            let mut to_remove = Vec::new();
+            let Some(c) = st.computations.get_mut(&job.compute_id) else {
+                drop(st);
+                self.jobs_changed.notify_waiters();
+                return;
+            };
+            for f in &job.xfer_files {
+                if let Some(n) = c.file_uses.get_mut(f) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        c.file_uses.remove(f);
+                        to_remove.push(f.clone());
+                    }
+                }
+            }
+            (
+                job,
+                c.dir.clone(),
+                c.reply_ip.clone(),
+                c.reply_addr,
+                to_remove,
+            )
+        };
+        self.jobs_changed.notify_waiters();
+        remove_files(&comp_dir, &to_remove);
+        let end = now();
+        let mut reply = JobReply {
+            uid: job.uid,
+            hash: job.hash.clone(),
+            ip_addr: reply_ip,
+            status: status::TERMINATED,
+            result: PICKLED_NONE.to_vec(),
+            stdout: Output::None,
+            stderr: Output::None,
+            exception: None,
+            start_time: job.start_time,
+            end_time: end,
+        };
+        if !job.terminated {
+            match outcome {
+                Outcome::Function { header, result } => {
+                    let text = |k: &str| {
+                        header
+                            .get(k)
+                            .and_then(Json::as_str)
+                            .map(|s| Output::Text(s.to_owned()))
+                            .unwrap_or(Output::None)
+                    };
+                    reply.status = header
+                        .get("status")
+                        .and_then(Json::as_i64)
+                        .filter(|s| [status::FINISHED, status::TERMINATED].contains(s))
+                        .unwrap_or(status::TERMINATED);
+                    reply.result = if result.is_empty() {
+                        PICKLED_NONE.to_vec()
+                    } else {
+                        result
+                    };
+                    reply.stdout = text("stdout");
+                    reply.stderr = text("stderr");
+                    reply.exception = header
+                        .get("exception")
+                        .and_then(Json::as_str)
+                        .map(str::to_owned);
+                }
+                Outcome::Program {
+                    code,
+                    stdout,
+                    stderr,
+                } => {
+                    // Programs finish with status Finished whatever their exit code (§3.2).
+                    reply.status = status::FINISHED;
+                    reply.result = pickle::encode(&Value::Int(i64::from(code)));
+                    reply.stdout = Output::Bytes(stdout);
+                    reply.stderr = Output::Bytes(stderr);
+                }
+                Outcome::Failed(why) => {
+                    reply.exception = Some(why);
+                }
+            }
+        }
+        tracing::info!(
+            computation = job.compute_id,
+            job = job.uid,
+            status = reply.status,
+            duration = format!("{:.3}", end - job.start_time),
+            "job done"
+        );
+        self.deliver(reply, reply_addr).await;
+    }
+
+    /// Pushes a JOB_REPLY to the client and waits for its ACK.
+    pub(crate) async fn deliver(&self, reply: JobReply, addr: SocketAddr) {
+        let msg = reply.encode_message();
+        match net::request(addr, &msg, true, self.msg_timeout()).await {
+            Ok(Some(ack)) if ack == b"ACK" => {}
+            Ok(other) => tracing::warn!(
+                client = %addr, job = reply.uid,
+                reply = %String::from_utf8_lossy(other.as_deref().unwrap_or_default()),
+                "client did not accept the job reply"
+            ),
+            Err(e) => {
+                tracing::warn!(client = %addr, job = reply.uid, error = %e, "could not deliver the job reply")
+            }
+        }
+    }
+
+    pub(crate) async fn wait_jobs_done(&self, compute_id: i64) {
+        loop {
+            let notified = self.jobs_changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if !self
+                .lock()
+                .jobs
+                .values()
+                .any(|j| j.compute_id == compute_id)
+            {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Removes a computation: its worker runs the cleanup function, its files go unless the
+    /// client asked to keep them, and the node becomes free when it was the last one.
+    pub(crate) async fn close_computation(self: &Arc<Self>, compute_id: i64) {
+        let Some(c) = self.lock().computations.remove(&compute_id) else {
+            return;
+        };
+        if let Some(w) = &c.worker {
+            match w
+                .control(json!({"op": "close"}), &[], Some(CLEANUP_LIMIT))
+                .await
+            {
+                Ok(r) if !r.ok => {
+                    tracing::warn!(computation = compute_id, error = ?r.error, "cleanup function failed")
+                }
+                Err(e) => {
+                    tracing::warn!(computation = compute_id, error = %e, "worker did not close cleanly")
+                }
+                _ => {}
+            }
+            w.reap(Duration::from_secs(2)).await;
+        }
+        let shared = self.lock().computations.values().any(|o| o.dir == c.dir);
+        if c.compute.cleanup.removes_files() {
+            if shared {
+                remove_files(&c.dir, &c.file_uses.keys().cloned().collect::<Vec<_>>());
+            } else if let Err(e) = store::remove_tree(&c.dir) {
+                tracing::warn!(computation = compute_id, dir = %c.dir.display(), error = %e, "could not remove the computation's files");
+            }
+            if let Some(parent) = c.dir.parent() {
+                if parent.starts_with(&self.cfg.dest_path_prefix)
+                    && parent != self.cfg.dest_path_prefix
+                {
+                    store::remove_if_empty(parent);
+                }
+            }
+            store::remove_if_empty(&self.cfg.dest_path_prefix.join(&c.compute.scheduler_ip_addr));
+        }
+        tracing::info!(computation = compute_id, name = %c.compute.name, "computation closed");
+        let (free, sched, stop) = {
+            let mut st = self.lock();
+            let free = st.computations.is_empty();
+            let sched = st.scheduler.clone();
+            let mut stop = false;
+            if free {
+                st.scheduler = None;
+                if st.serve > 0 {
+                    st.serve -= 1;
+                    stop = st.serve == 0;
+                }
+            }
+            (free, sched, stop)
+        };
+        if stop {
+            tracing::info!("served the configured number of clients");
+            self.request_shutdown();
+        } else if free {
+            if let Some((ip, port)) = sched {
+                if let Some(ip) = net::parse_ip(&ip) {
+                    let n = self.clone();
+                    tokio::spawn(async move { n.announce_to(SocketAddr::new(ip, port)).await });
+                }
+            }
+        }
+    }
+
+    /// CLOSE with close=False (the client's resetup_node): a fresh worker, setup again, and
+    /// NODE_CLOSED to the scheduler.
+    pub(crate) async fn resetup_computation(self: &Arc<Self>, compute_id: i64) {
+        let Some((compute, dir, reply_ip, old)) =
+            self.lock().computations.get_mut(&compute_id).map(|c| {
+                c.closing = false;
+                c.setup_done = false;
+                (
+                    c.compute.clone(),
+                    c.dir.clone(),
+                    c.reply_ip.clone(),
+                    c.worker.take(),
+                )
+            })
+        else {
+            return;
+        };
+        if let Some(w) = old {
+            let _ = w
+                .control(json!({"op": "close"}), &[], Some(CLEANUP_LIMIT))
+                .await;
+            w.reap(Duration::from_secs(2)).await;
+        }
+        if compute.kind == message::ComputeKind::Function {
+            match self.start_worker(&compute, &dir, &reply_ip).await {
+                Ok(w) => {
+                    if let Some(c) = self.lock().computations.get_mut(&compute_id) {
+                        c.worker = Some(w);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(computation = compute_id, error = %e, "could not restart the worker")
+                }
+            }
+        }
+        let addr = self.lock().computations.get(&compute_id).map(|c| {
+            (
+                c.compute.scheduler_ip_addr.clone(),
+                c.compute.scheduler_port,
+            )
+        });
+        if let Some((ip, port)) = addr {
+            if let Some(ip) = net::parse_ip(&ip) {
+                let v = Value::str_dict([
+                    ("node_addr", Value::Str(reply_ip)),
+                    ("node_auth", Value::Bytes(self.auth.to_vec())),
+                    ("compute_id", Value::Int(compute_id)),
+                    ("auth", Value::Str(compute.auth.clone())),
+                ]);
+                let mut msg = b"NODE_CLOSED:".to_vec();
+                pickle::encode_into(&v, &mut msg);
+                let _ =
+                    net::request(SocketAddr::new(ip, port), &msg, false, self.msg_timeout()).await;
+            }
+        }
+    }
+
+    /// Shutdown: terminate every job, deliver what can be delivered, close computations and
+    /// say TERMINATED.
+    pub(crate) async fn shutdown(self: &Arc<Self>) {
+        let ids: Vec<u64> = self.lock().jobs.keys().copied().collect();
+        for id in ids {
+            self.terminate_job(id).await;
+        }
+        let comps: Vec<i64> = self.lock().computations.keys().copied().collect();
+        for cid in &comps {
+            let _ = tokio::time::timeout(Duration::from_secs(5), self.wait_jobs_done(*cid)).await;
+        }
+        self.announce_terminated().await;
+        for cid in comps {
+            let _ =
+                tokio::time::timeout(Duration::from_secs(10), self.close_computation(cid)).await;
+        }
+        tracing::info!("dispynode stopped");
+    }
+}
+
+/// Removes transferred files (paths relative to the computation directory) without following
+/// symlinks.
+fn remove_files(dir: &std::path::Path, files: &[PathBuf]) {
+    let Ok(root) = Dir::open(dir) else { return };
+    for f in files {
+        let comps: Vec<String> = f
+            .parent()
+            .map(|p| p.iter().map(|c| c.to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        let Some(name) = f.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+            continue;
+        };
+        if let Ok(d) = root.subdir(&comps, None) {
+            let _ = d.unlink(&name);
+        }
+    }
+}

@@ -1,0 +1,258 @@
+//! The daemon's side of the per-computation Python worker (`runner/dispynode_job.py`).
+//! The worker is the only process that unpickles client data. We talk to it over its stdin
+//! and stdout with frames of `u32 header_len | JSON header | u32 blob_len | blob`.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{json, Value as Json};
+use thiserror::Error;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::sync::{mpsc, oneshot};
+
+/// The worker's source, embedded so the daemon is one self-contained binary.
+pub const WORKER_SOURCE: &str = include_str!("../../runner/dispynode_job.py");
+
+/// Largest frame the worker may send us (job results travel in it).
+const MAX_WORKER_FRAME: usize = 1 << 30;
+
+#[derive(Debug, Error)]
+pub enum WorkerError {
+    #[error("could not start the Python worker ({python}): {source}")]
+    Spawn {
+        python: String,
+        source: std::io::Error,
+    },
+    #[error("the Python worker is gone")]
+    Gone,
+    #[error("the Python worker did not answer in time")]
+    Timeout,
+    #[error("the Python worker sent a malformed message: {0}")]
+    Protocol(String),
+}
+
+/// Everything the daemon learns about a job from the worker.
+#[derive(Debug)]
+pub enum JobEvent {
+    Started {
+        id: u64,
+        pid: i32,
+    },
+    Done {
+        id: u64,
+        header: Json,
+        result: Vec<u8>,
+    },
+    /// The worker exited or its stream broke: every job it ran is over.
+    WorkerExited,
+}
+
+/// A reply to a control op (`init`, `setup`, `close`).
+#[derive(Debug)]
+pub struct ControlReply {
+    pub ok: bool,
+    pub error: Option<String>,
+}
+
+pub struct Worker {
+    stdin: tokio::sync::Mutex<ChildStdin>,
+    /// One outstanding control op at a time; its reply is routed here by the reader.
+    control: tokio::sync::Mutex<()>,
+    pending: Arc<Mutex<Option<oneshot::Sender<ControlReply>>>>,
+    child: Mutex<Option<Child>>,
+    pub pid: Option<u32>,
+}
+
+impl Worker {
+    /// Starts the worker in `dir` and routes its job events to `events`.
+    pub fn spawn(
+        python: &str,
+        dir: &Path,
+        events: mpsc::UnboundedSender<JobEvent>,
+    ) -> Result<Arc<Worker>, WorkerError> {
+        let mut child = Command::new(python)
+            .arg("-c")
+            .arg(WORKER_SOURCE)
+            .current_dir(dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|source| WorkerError::Spawn {
+                python: python.to_owned(),
+                source,
+            })?;
+        let stdin = child.stdin.take().ok_or(WorkerError::Gone)?;
+        let stdout = child.stdout.take().ok_or(WorkerError::Gone)?;
+        let pending: Arc<Mutex<Option<oneshot::Sender<ControlReply>>>> = Arc::default();
+        let w = Arc::new(Worker {
+            stdin: tokio::sync::Mutex::new(stdin),
+            control: tokio::sync::Mutex::new(()),
+            pending: pending.clone(),
+            pid: child.id(),
+            child: Mutex::new(Some(child)),
+        });
+        tokio::spawn(read_events(stdout, pending, events));
+        Ok(w)
+    }
+
+    async fn send(&self, header: &Json, blob: &[&[u8]]) -> Result<(), WorkerError> {
+        let h = serde_json::to_vec(header).map_err(|e| WorkerError::Protocol(e.to_string()))?;
+        let blob_len: usize = blob.iter().map(|b| b.len()).sum();
+        let mut msg = Vec::with_capacity(8 + h.len());
+        msg.extend_from_slice(&(h.len() as u32).to_be_bytes());
+        msg.extend_from_slice(&h);
+        msg.extend_from_slice(
+            &(u32::try_from(blob_len)
+                .map_err(|_| WorkerError::Protocol("blob too large".into()))?)
+            .to_be_bytes(),
+        );
+        let mut w = self.stdin.lock().await;
+        w.write_all(&msg).await.map_err(|_| WorkerError::Gone)?;
+        for b in blob {
+            w.write_all(b).await.map_err(|_| WorkerError::Gone)?;
+        }
+        w.flush().await.map_err(|_| WorkerError::Gone)
+    }
+
+    /// Sends a control op and waits for its reply (`limit` None: as long as it takes).
+    pub async fn control(
+        &self,
+        header: Json,
+        blob: &[u8],
+        limit: Option<Duration>,
+    ) -> Result<ControlReply, WorkerError> {
+        let _one = self.control.lock().await;
+        let (tx, rx) = oneshot::channel();
+        *self.pending.lock().map_err(|_| WorkerError::Gone)? = Some(tx);
+        self.send(&header, &[blob]).await?;
+        match limit {
+            Some(l) => match tokio::time::timeout(l, rx).await {
+                Err(_) => Err(WorkerError::Timeout),
+                Ok(r) => r.map_err(|_| WorkerError::Gone),
+            },
+            None => rx.await.map_err(|_| WorkerError::Gone),
+        }
+    }
+
+    pub async fn start_job(
+        &self,
+        header: Json,
+        args: &[u8],
+        kwargs: &[u8],
+    ) -> Result<(), WorkerError> {
+        self.send(&header, &[args, kwargs]).await
+    }
+
+    pub async fn kill_job(&self, id: u64) -> Result<(), WorkerError> {
+        self.send(&json!({"op": "kill", "id": id}), &[]).await
+    }
+
+    /// Kills the worker and with it (EOF on its stdin) its job children.
+    pub fn kill(&self) {
+        if let Ok(mut c) = self.child.lock() {
+            if let Some(mut child) = c.take() {
+                let _ = child.start_kill();
+                tokio::spawn(async move {
+                    let _ = child.wait().await;
+                });
+            }
+        }
+    }
+
+    /// Waits (bounded) for the worker to exit by itself, then makes sure it is gone.
+    pub async fn reap(&self, limit: Duration) {
+        let child = self.child.lock().ok().and_then(|mut c| c.take());
+        if let Some(mut child) = child {
+            if tokio::time::timeout(limit, child.wait()).await.is_err() {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+            }
+        }
+    }
+}
+
+async fn read_events(
+    stdout: ChildStdout,
+    pending: Arc<Mutex<Option<oneshot::Sender<ControlReply>>>>,
+    events: mpsc::UnboundedSender<JobEvent>,
+) {
+    let mut r = BufReader::with_capacity(1 << 16, stdout);
+    loop {
+        let (header, blob) = match read_message(&mut r).await {
+            Ok(m) => m,
+            Err(_) => break,
+        };
+        let ev = header
+            .get("ev")
+            .and_then(Json::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        match ev.as_str() {
+            "init" | "setup" | "closed" => {
+                let reply = ControlReply {
+                    ok: header.get("ok").and_then(Json::as_bool).unwrap_or(false),
+                    error: header
+                        .get("error")
+                        .and_then(Json::as_str)
+                        .map(str::to_owned),
+                };
+                if let Some(tx) = pending.lock().ok().and_then(|mut p| p.take()) {
+                    let _ = tx.send(reply);
+                }
+            }
+            "started" => {
+                let id = header.get("id").and_then(Json::as_u64);
+                let pid = header
+                    .get("pid")
+                    .and_then(Json::as_i64)
+                    .and_then(|p| i32::try_from(p).ok());
+                if let (Some(id), Some(pid)) = (id, pid) {
+                    let _ = events.send(JobEvent::Started { id, pid });
+                }
+            }
+            "done" => {
+                if let Some(id) = header.get("id").and_then(Json::as_u64) {
+                    let _ = events.send(JobEvent::Done {
+                        id,
+                        header,
+                        result: blob,
+                    });
+                }
+            }
+            other => tracing::warn!(event = other, "unknown event from the Python worker"),
+        }
+    }
+    // Dropping a pending sender wakes its waiter with an error.
+    if let Ok(mut p) = pending.lock() {
+        p.take();
+    }
+    let _ = events.send(JobEvent::WorkerExited);
+}
+
+async fn read_message<R: tokio::io::AsyncRead + Unpin>(
+    r: &mut R,
+) -> std::io::Result<(Json, Vec<u8>)> {
+    let hlen = r.read_u32().await? as usize;
+    if hlen > MAX_WORKER_FRAME {
+        return Err(std::io::Error::other("header too large"));
+    }
+    let mut h = vec![0u8; hlen];
+    r.read_exact(&mut h).await?;
+    let blen = r.read_u32().await? as usize;
+    if blen > MAX_WORKER_FRAME {
+        return Err(std::io::Error::other("blob too large"));
+    }
+    let mut blob = vec![0u8; blen];
+    r.read_exact(&mut blob).await?;
+    let header = serde_json::from_slice(&h).map_err(std::io::Error::other)?;
+    Ok((header, blob))
+}
+
+/// Collects `Started` pids so a terminate can be routed by job id.
+pub type Pids = HashMap<u64, i32>;
