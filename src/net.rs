@@ -123,7 +123,7 @@ pub async fn request(
         return Ok(None);
     }
     // Replies to our messages are short tokens or small pickles.
-    let reply = read_frame(&mut s, 1 << 20, limit).await?;
+    let reply = read_frame(&mut s, crate::limits::MAX_REPLY, limit).await?;
     Ok(Some(reply))
 }
 

@@ -8,28 +8,12 @@ use std::time::Duration;
 use tokio::net::UdpSocket;
 
 use super::Node;
+use crate::limits::{ping_limits, MAX_DATAGRAM, MAX_PONG_TARGETS};
 use crate::net;
 use crate::protocol::auth;
 use crate::protocol::frame::split_tag;
 use crate::protocol::message::{self, Ping, Pong};
-use crate::protocol::pickle::{self, Limits};
-
-/// The reference reads at most 1000 bytes per datagram; a PING is ~150.
-const MAX_DATAGRAM: usize = 1000;
-/// A PING names the client's addresses; answering more than a few would let a forged PING
-/// make us connect to many hosts.
-const MAX_PONG_TARGETS: usize = 4;
-
-/// Tight limits for unauthenticated input.
-pub(crate) fn ping_limits() -> Limits {
-    Limits {
-        max_input: 4096,
-        max_depth: 8,
-        max_memo: 64,
-        max_nodes: 256,
-        max_container_len: 64,
-    }
-}
+use crate::protocol::pickle;
 
 fn same_family(a: &IpAddr, b: &IpAddr) -> bool {
     a.is_ipv4() == b.is_ipv4()

@@ -15,6 +15,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::worker::JobEvent;
 use super::{now, Node};
+use crate::limits::CLEANUP_TIME;
 use crate::net;
 use crate::protocol::message::{self, status, Job, JobReply, Output, PICKLED_NONE};
 use crate::protocol::pickle::{self, Value};
@@ -33,9 +34,6 @@ pub(crate) enum Outcome {
     },
     Failed(String),
 }
-
-/// How long the cleanup function of a computation may run at close.
-const CLEANUP_LIMIT: Duration = Duration::from_secs(30);
 
 impl Node {
     /// Routes a worker's job events until it exits.
@@ -323,7 +321,7 @@ impl Node {
     pub(crate) async fn deliver(&self, reply: JobReply, addr: SocketAddr) {
         let msg = reply.encode_message();
         match net::request(addr, &msg, true, self.msg_timeout()).await {
-            Ok(Some(ack)) if ack == b"ACK" => {}
+            Ok(Some(ack)) if ack == b"ACK" => self.touch(),
             Ok(other) => tracing::warn!(
                 client = %addr, job = reply.uid,
                 reply = %String::from_utf8_lossy(other.as_deref().unwrap_or_default()),
@@ -360,7 +358,7 @@ impl Node {
         };
         if let Some(w) = &c.worker {
             match w
-                .control(json!({"op": "close"}), &[], Some(CLEANUP_LIMIT))
+                .control(json!({"op": "close"}), &[], Some(CLEANUP_TIME))
                 .await
             {
                 Ok(r) if !r.ok => {
@@ -399,8 +397,8 @@ impl Node {
                 st.scheduler = None;
                 if st.serve > 0 {
                     st.serve -= 1;
-                    stop = st.serve == 0;
                 }
+                stop = st.serve == 0;
             }
             (free, sched, stop)
         };
@@ -436,7 +434,7 @@ impl Node {
         };
         if let Some(w) = old {
             let _ = w
-                .control(json!({"op": "close"}), &[], Some(CLEANUP_LIMIT))
+                .control(json!({"op": "close"}), &[], Some(CLEANUP_TIME))
                 .await;
             w.reap(Duration::from_secs(2)).await;
         }

@@ -5,6 +5,7 @@
 mod discovery;
 mod jobs;
 mod requests;
+mod timers;
 pub mod worker;
 
 use std::collections::HashMap;
@@ -97,6 +98,8 @@ pub(crate) struct State {
     pub jobs: HashMap<u64, RunningJob>,
     /// Clients left to serve (-1: no limit).
     pub serve: i64,
+    /// Last sign of life from the current scheduler (requests, ACKs, PULSE answers).
+    pub last_activity: std::time::Instant,
 }
 
 pub struct Node {
@@ -259,6 +262,7 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
             computations: HashMap::new(),
             jobs: HashMap::new(),
             serve: cfg.serve,
+            last_activity: std::time::Instant::now(),
         }),
         sign,
         auth: node_auth,
@@ -280,14 +284,24 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
         crate::protocol::message::VERSION
     );
 
+    let slots = Arc::new(tokio::sync::Semaphore::new(crate::limits::MAX_CONNECTIONS));
     for l in tcp {
         let n = node.clone();
+        let slots = slots.clone();
         tokio::spawn(async move {
             loop {
+                // Bound the connections served at once; the rest wait in the backlog.
+                let Ok(permit) = slots.clone().acquire_owned().await else {
+                    return;
+                };
                 match l.accept().await {
                     Ok((s, peer)) => {
                         let _ = s.set_nodelay(true);
-                        tokio::spawn(n.clone().serve_connection(s, peer));
+                        let n = n.clone();
+                        tokio::spawn(async move {
+                            n.serve_connection(s, peer).await;
+                            drop(permit);
+                        });
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "accept failed");
@@ -301,15 +315,37 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
         tokio::spawn(node.clone().serve_udp(u));
     }
     tokio::spawn(node.clone().announce_startup());
+    tokio::spawn(node.clone().housekeeping());
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(NodeError::Signal)?;
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
         .map_err(NodeError::Signal)?;
-    tokio::select! {
-        _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = sigint.recv() => tracing::info!("SIGINT: shutting down"),
-        _ = shutdown_rx.wait_for(|s| *s) => tracing::info!("shutting down"),
+    let mut interrupted = false;
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => {
+                tracing::info!("SIGTERM: shutting down");
+                break;
+            }
+            _ = sigint.recv() => {
+                // As the manual says: with a computation active, the first SIGINT waits for it
+                // to close (no new clients meanwhile); a second one stops at once.
+                let busy = !node.lock().computations.is_empty();
+                if busy && !interrupted {
+                    interrupted = true;
+                    node.lock().serve = 0;
+                    tracing::info!("SIGINT: will stop when the current computation closes (SIGINT again to stop now)");
+                } else {
+                    tracing::info!("SIGINT: shutting down");
+                    break;
+                }
+            }
+            _ = shutdown_rx.wait_for(|s| *s) => {
+                tracing::info!("shutting down");
+                break;
+            }
+        }
     }
     node.shutdown().await;
     Ok(())

@@ -4,7 +4,6 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use nix::sys::stat::Mode;
 use serde_json::json;
@@ -12,6 +11,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::{now, worker, Computation, Node, RunningJob};
+use crate::limits::{MAX_REQUEST, MAX_UNAUTH_REQUEST, WORKER_START};
 use crate::net::{self, NetError};
 use crate::protocol::auth::same_auth;
 use crate::protocol::frame::{split_tag, AUTH_LEN, FILE_CHUNK};
@@ -19,13 +19,6 @@ use crate::protocol::message::{Cleanup, Compute};
 use crate::protocol::message::{ComputeKind, ComputeRequest, Job, XferFile};
 use crate::protocol::pickle::{self, Value};
 use crate::store::{self, Dir};
-
-/// Largest request an authenticated client may send (JOB carries the job's arguments).
-pub const MAX_REQUEST: u64 = 1 << 30;
-/// Largest request without a valid auth prefix: only PING is accepted then.
-pub const MAX_UNAUTH_REQUEST: u64 = 4096;
-/// How long a Python worker may take to start and compile the code.
-const WORKER_START: Duration = Duration::from_secs(60);
 
 type Conn = TcpStream;
 
@@ -58,6 +51,9 @@ impl Node {
                 tracing::warn!(client = %peer, request = %String::from_utf8_lossy(&tag[..tag.len().min(20)]), "refused request: wrong auth (secret mismatch?)");
             }
             return;
+        }
+        if tag != b"PING" {
+            self.touch();
         }
         let r = match tag {
             b"PING" => {
@@ -151,7 +147,7 @@ impl Node {
                     tracing::info!(client = %peer, computation = compute.id, "refused COMPUTE: already registered");
                     Some(Value::Int(0))
                 }
-                _ if st.serve == 0 => {
+                _ if st.serve == 0 || self.service() != super::timers::Service::Open => {
                     tracing::info!(client = %peer, "refused COMPUTE: serve limit reached");
                     Some(Value::Int(-1))
                 }
@@ -519,6 +515,9 @@ impl Node {
                     Err("Invalid scheduler for computation!".into())
                 }
                 Some(_) if avail == 0 => Err("All CPUs busy!".into()),
+                Some(_) if self.service() != super::timers::Service::Open => {
+                    Err("Node is outside its service window".into())
+                }
                 Some(c) if c.compute.kind == ComputeKind::Function && !c.setup_done => {
                     Err("Invalid job (computation is not set up)".into())
                 }

@@ -14,11 +14,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::limits::MAX_WORKER_FRAME;
+
 /// The worker's source, embedded so the daemon is one self-contained binary.
 pub const WORKER_SOURCE: &str = include_str!("../../runner/dispynode_job.py");
-
-/// Largest frame the worker may send us (job results travel in it).
-const MAX_WORKER_FRAME: usize = 1 << 30;
 
 #[derive(Debug, Error)]
 pub enum WorkerError {

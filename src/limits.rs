@@ -1,0 +1,39 @@
+//! Every bound on what a peer can make the node spend, in one place (documented in the
+//! README's Security section).
+
+use std::time::Duration;
+
+use crate::protocol::pickle::Limits;
+
+// Authenticated envelopes (COMPUTE, JOB, ...) are decoded with `pickle::Limits::default()`.
+
+/// Largest request an authenticated client may send; JOB carries the job's arguments inline.
+pub const MAX_REQUEST: u64 = 256 << 20;
+/// Largest request without a valid auth prefix: only PING is looked at then.
+pub const MAX_UNAUTH_REQUEST: u64 = 4096;
+/// Largest reply the node reads from a client (ACKs, acks of files, PULSE answers).
+pub const MAX_REPLY: u64 = 1 << 20;
+/// Datagrams are read into a buffer of this size (the reference reads 1000 bytes).
+pub const MAX_DATAGRAM: usize = 1000;
+/// A PING names the client's addresses; answering more than a few would let a forged PING
+/// turn the node into a connection amplifier.
+pub const MAX_PONG_TARGETS: usize = 4;
+/// Connections served at once; further ones wait in the kernel's backlog.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// Largest frame the Python worker may send (a job result travels in it).
+pub const MAX_WORKER_FRAME: usize = 1 << 30;
+/// How long a Python worker may take to start and compile a computation's code.
+pub const WORKER_START: Duration = Duration::from_secs(60);
+/// How long a computation's cleanup function may run at close.
+pub const CLEANUP_TIME: Duration = Duration::from_secs(30);
+
+/// Tight pickle limits for unauthenticated input (PING by TCP or UDP).
+pub fn ping_limits() -> Limits {
+    Limits {
+        max_input: 4096,
+        max_depth: 8,
+        max_memo: 64,
+        max_nodes: 256,
+        max_container_len: 64,
+    }
+}
