@@ -4,4 +4,7 @@ pub mod limits;
 pub mod net;
 pub mod node;
 pub mod protocol;
+pub mod results;
 pub mod store;
+pub mod systemd;
+pub mod tls;

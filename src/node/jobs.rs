@@ -18,6 +18,7 @@ use super::{now, Node};
 use crate::limits::CLEANUP_TIME;
 use crate::net;
 use crate::protocol::message::{self, status, Job, JobReply, Output, PICKLED_NONE};
+use crate::results::SavedResult;
 use crate::protocol::pickle::{self, Value};
 use crate::store::{self, Dir};
 
@@ -216,41 +217,31 @@ impl Node {
         }
     }
 
-    /// Frees the job's CPU, builds its reply and delivers it to the client.
+    /// Frees the job's CPU, builds its reply and delivers it to the client; a reply that
+    /// cannot be delivered is saved durably before the job counts as over, so a CLOSE (or a
+    /// shutdown) waits for it to be either delivered or safe on disk.
     pub(crate) async fn finish_job(self: Arc<Self>, id: u64, outcome: Outcome) {
-        let (job, comp_dir, reply_ip, reply_addr, to_remove) = {
+        let found = {
             let mut st = self.lock();
-            let Some(job) = st.jobs.remove(&id) else {
-                return;
-            };
-            // The CPU is free before the reply goes out: the client may send the next job as
-            // soon as it has the reply (G29).
-            st.avail_cpus += 1;
-            let mut to_remove = Vec::new();
-            let Some(c) = st.computations.get_mut(&job.compute_id) else {
-                drop(st);
-                self.jobs_changed.notify_waiters();
-                return;
-            };
-            for f in &job.xfer_files {
-                if let Some(n) = c.file_uses.get_mut(f) {
-                    *n = n.saturating_sub(1);
-                    if *n == 0 {
-                        c.file_uses.remove(f);
-                        to_remove.push(f.clone());
-                    }
+            match st.jobs.get_mut(&id) {
+                Some(j) if !j.finishing => {
+                    j.finishing = true;
+                    let job = j.clone();
+                    // The CPU is free before the reply goes out: the client may send the next
+                    // job as soon as it has the reply (G29).
+                    st.avail_cpus += 1;
+                    let comp = st.computations.get(&job.compute_id).map(|c| (c.reply_ip.clone(), c.reply_addr, c.compute.auth.clone()));
+                    Some((job, comp))
                 }
+                _ => None,
             }
-            (
-                job,
-                c.dir.clone(),
-                c.reply_ip.clone(),
-                c.reply_addr,
-                to_remove,
-            )
         };
+        let Some((job, comp)) = found else { return };
         self.jobs_changed.notify_waiters();
-        remove_files(&comp_dir, &to_remove);
+        let Some((reply_ip, reply_addr, compute_auth)) = comp else {
+            self.forget_job(id).await;
+            return;
+        };
         let end = now();
         let mut reply = JobReply {
             uid: job.uid,
@@ -267,35 +258,14 @@ impl Node {
         if !job.terminated {
             match outcome {
                 Outcome::Function { header, result } => {
-                    let text = |k: &str| {
-                        header
-                            .get(k)
-                            .and_then(Json::as_str)
-                            .map(|s| Output::Text(s.to_owned()))
-                            .unwrap_or(Output::None)
-                    };
-                    reply.status = header
-                        .get("status")
-                        .and_then(Json::as_i64)
-                        .filter(|s| [status::FINISHED, status::TERMINATED].contains(s))
-                        .unwrap_or(status::TERMINATED);
-                    reply.result = if result.is_empty() {
-                        PICKLED_NONE.to_vec()
-                    } else {
-                        result
-                    };
+                    let text = |k: &str| header.get(k).and_then(Json::as_str).map(|s| Output::Text(s.to_owned())).unwrap_or(Output::None);
+                    reply.status = header.get("status").and_then(Json::as_i64).filter(|s| [status::FINISHED, status::TERMINATED].contains(s)).unwrap_or(status::TERMINATED);
+                    reply.result = if result.is_empty() { PICKLED_NONE.to_vec() } else { result };
                     reply.stdout = text("stdout");
                     reply.stderr = text("stderr");
-                    reply.exception = header
-                        .get("exception")
-                        .and_then(Json::as_str)
-                        .map(str::to_owned);
+                    reply.exception = header.get("exception").and_then(Json::as_str).map(str::to_owned);
                 }
-                Outcome::Program {
-                    code,
-                    stdout,
-                    stderr,
-                } => {
+                Outcome::Program { code, stdout, stderr } => {
                     // Programs finish with status Finished whatever their exit code (§3.2).
                     reply.status = status::FINISHED;
                     reply.result = pickle::encode(&Value::Int(i64::from(code)));
@@ -308,27 +278,137 @@ impl Node {
             }
         }
         tracing::info!(
-            computation = job.compute_id,
-            job = job.uid,
-            status = reply.status,
-            duration = format!("{:.3}", end - job.start_time),
-            "job done"
+            computation = job.compute_id, job = job.uid, status = reply.status,
+            duration = format!("{:.3}", end - job.start_time), "job done"
         );
-        self.deliver(reply, reply_addr).await;
+        let payload = pickle::encode(&reply.to_value());
+        if self.deliver(&payload, reply_addr, job.uid).await {
+            if self.lock().saved_results > 0 {
+                // The client is reachable again: send what it missed (§4.2).
+                let n = self.clone();
+                let cid = job.compute_id;
+                tokio::spawn(async move { n.resend_results(Some(cid)).await });
+            }
+        } else {
+            let saved = SavedResult {
+                compute_id: job.compute_id,
+                compute_auth,
+                uid: job.uid,
+                hash: job.hash.clone(),
+                reply_addr,
+                payload,
+                saved_at: now(),
+            };
+            self.save_result(saved).await;
+        }
+        self.forget_job(id).await;
     }
 
-    /// Pushes a JOB_REPLY to the client and waits for its ACK.
-    pub(crate) async fn deliver(&self, reply: JobReply, addr: SocketAddr) {
-        let msg = reply.encode_message();
+    /// The job is over: drop it, release its per-job depends and wake CLOSE waiters.
+    async fn forget_job(&self, id: u64) {
+        let (dir, to_remove) = {
+            let mut st = self.lock();
+            let Some(job) = st.jobs.remove(&id) else { return };
+            let mut to_remove = Vec::new();
+            let dir = st.computations.get_mut(&job.compute_id).map(|c| {
+                for f in &job.xfer_files {
+                    if let Some(n) = c.file_uses.get_mut(f) {
+                        *n = n.saturating_sub(1);
+                        if *n == 0 {
+                            c.file_uses.remove(f);
+                            to_remove.push(f.clone());
+                        }
+                    }
+                }
+                c.dir.clone()
+            });
+            (dir, to_remove)
+        };
+        if let Some(dir) = dir {
+            remove_files(&dir, &to_remove);
+        }
+        self.jobs_changed.notify_waiters();
+    }
+
+    /// Pushes a JOB_REPLY (`payload` is the pickled `_JobReply`) and waits for the ACK.
+    pub(crate) async fn deliver(&self, payload: &[u8], addr: SocketAddr, uid: i64) -> bool {
+        let mut msg = Vec::with_capacity(payload.len() + 10);
+        msg.extend_from_slice(b"JOB_REPLY:");
+        msg.extend_from_slice(payload);
         match net::request(addr, &msg, true, self.msg_timeout()).await {
-            Ok(Some(ack)) if ack == b"ACK" => self.touch(),
-            Ok(other) => tracing::warn!(
-                client = %addr, job = reply.uid,
-                reply = %String::from_utf8_lossy(other.as_deref().unwrap_or_default()),
-                "client did not accept the job reply"
-            ),
+            Ok(Some(ack)) if ack == b"ACK" => {
+                self.touch();
+                true
+            }
+            Ok(other) => {
+                tracing::warn!(
+                    client = %addr, job = uid,
+                    reply = %String::from_utf8_lossy(other.as_deref().unwrap_or_default()),
+                    "client did not accept the job reply"
+                );
+                false
+            }
             Err(e) => {
-                tracing::warn!(client = %addr, job = reply.uid, error = %e, "could not deliver the job reply")
+                tracing::warn!(client = %addr, job = uid, error = %e, "could not deliver the job reply");
+                false
+            }
+        }
+    }
+
+    /// Saves an undelivered result durably (temp file, fsync, rename).
+    async fn save_result(&self, r: SavedResult) {
+        let store = self.results.clone();
+        let (cid, uid) = (r.compute_id, r.uid);
+        match tokio::task::spawn_blocking(move || store.save(&r)).await {
+            Ok(Ok(())) => {
+                self.lock().saved_results += 1;
+                tracing::info!(computation = cid, job = uid, "job reply saved for later delivery");
+            }
+            Ok(Err(e)) => tracing::error!(computation = cid, job = uid, error = %e, "could not save an undelivered job reply"),
+            Err(e) => tracing::error!(computation = cid, job = uid, error = %e, "could not save an undelivered job reply"),
+        }
+    }
+
+    /// Saved results of one computation (empty on any error, which the store logs).
+    pub(crate) async fn saved_for(&self, compute_id: i64) -> Vec<SavedResult> {
+        if self.lock().saved_results == 0 {
+            return Vec::new();
+        }
+        let store = self.results.clone();
+        tokio::task::spawn_blocking(move || store.for_compute(compute_id)).await.ok().and_then(Result::ok).unwrap_or_default()
+    }
+
+    /// Deletes a result the client acknowledged.
+    pub(crate) async fn forget_result(&self, r: &SavedResult) {
+        let store = self.results.clone();
+        let (cid, uid, hash) = (r.compute_id, r.uid, r.hash.clone());
+        if let Ok(Ok(true)) = tokio::task::spawn_blocking(move || store.remove(cid, uid, &hash)).await {
+            let mut st = self.lock();
+            st.saved_results = st.saved_results.saturating_sub(1);
+        }
+    }
+
+    /// Pushes saved results (of one computation, or all) to their clients; removes each one
+    /// the client acknowledges.
+    pub(crate) async fn resend_results(self: Arc<Self>, compute_id: Option<i64>) {
+        let Ok(_one) = self.resending.try_lock() else { return };
+        if self.lock().saved_results == 0 {
+            return;
+        }
+        let store = self.results.clone();
+        let all = tokio::task::spawn_blocking(move || match compute_id {
+            Some(c) => store.for_compute(c),
+            None => store.list(),
+        })
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+        // Like the reference, at most 64 per pass.
+        for r in all.into_iter().take(64) {
+            if self.deliver(&r.payload, r.reply_addr, r.uid).await {
+                tracing::info!(computation = r.compute_id, job = r.uid, "saved job reply delivered");
+                self.forget_result(&r).await;
             }
         }
     }

@@ -40,6 +40,8 @@ pub enum NodeError {
     },
     #[error("cannot find the Python interpreter {python:?}: {reason}")]
     Python { python: String, reason: String },
+    #[error("cannot use the state directory: {0}")]
+    State(#[from] crate::results::StoreError),
     #[error("signal handling: {0}")]
     Signal(std::io::Error),
 }
@@ -75,6 +77,7 @@ pub(crate) struct Computation {
 }
 
 /// A job from JOB until its reply is handed to the network.
+#[derive(Clone)]
 pub(crate) struct RunningJob {
     pub compute_id: i64,
     pub uid: i64,
@@ -85,6 +88,8 @@ pub(crate) struct RunningJob {
     pub pid: Option<i32>,
     /// Per-job depends, relative to the computation directory.
     pub xfer_files: Vec<PathBuf>,
+    /// The job has ended and its reply is being delivered (or saved).
+    pub finishing: bool,
 }
 
 pub(crate) struct State {
@@ -100,6 +105,8 @@ pub(crate) struct State {
     pub serve: i64,
     /// Last sign of life from the current scheduler (requests, ACKs, PULSE answers).
     pub last_activity: std::time::Instant,
+    /// Undelivered results in the store (so the resend timer need not scan an empty store).
+    pub saved_results: usize,
 }
 
 pub struct Node {
@@ -112,6 +119,10 @@ pub struct Node {
     pub(crate) state: Mutex<State>,
     /// Woken whenever a job ends, for CLOSE waiting on its computation's jobs.
     pub(crate) jobs_changed: Notify,
+    /// Undelivered results, kept in the state directory until the client acknowledges them.
+    pub(crate) results: Arc<crate::results::ResultStore>,
+    /// One resend pass at a time, so a result is never pushed twice at once.
+    pub(crate) resending: tokio::sync::Mutex<()>,
     next_job: AtomicU64,
     shutdown_tx: watch::Sender<bool>,
 }
@@ -233,6 +244,11 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
         source,
     })?;
     let python = resolve_python(&cfg.python)?;
+    let results = crate::results::ResultStore::open(&cfg.state_dir)?;
+    let saved_results = results.list()?.len();
+    if saved_results > 0 {
+        tracing::info!(count = saved_results, "undelivered results from an earlier run will be resent");
+    }
     let addrs = node_addrs(&cfg);
     let mut random = [0u8; 20];
     rand::Rng::fill(&mut rand::thread_rng(), &mut random);
@@ -263,7 +279,10 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
             jobs: HashMap::new(),
             serve: cfg.serve,
             last_activity: std::time::Instant::now(),
+            saved_results,
         }),
+        results: Arc::new(results),
+        resending: tokio::sync::Mutex::new(()),
         sign,
         auth: node_auth,
         platform: platform_string(),

@@ -71,11 +71,11 @@ impl Node {
             b"CLOSE" => self.on_close(&mut s, body, peer).await,
             b"JOBS" => self.on_jobs(&mut s, body).await,
             b"PENDING_JOBS" => {
-                self.reply_pickle(&mut s, &self.pending_jobs_value(body))
-                    .await
+                let v = self.pending_jobs_value(body).await;
+                self.reply_pickle(&mut s, &v).await
             }
-            b"RETRIEVE_JOB" => self.reply_pickle(&mut s, &Value::None).await,
-            b"RESEND_JOB_RESULTS" => self.reply_pickle(&mut s, &Value::Int(0)).await,
+            b"RETRIEVE_JOB" => self.on_retrieve_job(&mut s, body, peer).await,
+            b"RESEND_JOB_RESULTS" => self.on_resend_results(&mut s, body, peer).await,
             b"NODE_STATUS" | b"NODE_INFO" | b"SET_CPUS" | b"SERVICE_TIME" | b"SERVE_CLIENTS" => {
                 // Admin requests need an admin secret, which this node does not offer.
                 self.reply_pickle(&mut s, &Value::Int(-1)).await
@@ -552,6 +552,7 @@ impl Node {
                             terminated: false,
                             pid: None,
                             xfer_files,
+                            finishing: false,
                         },
                     );
                     Ok((kind, dir))
@@ -670,22 +671,59 @@ impl Node {
         self.reply_pickle(s, &Value::List(uids)).await
     }
 
-    fn pending_jobs_value(&self, body: &[u8]) -> Value {
-        let pending = pickle::decode(body)
-            .ok()
-            .and_then(|v| ComputeRequest::from_value(&v).ok())
-            .map(|req| {
-                self.lock()
-                    .jobs
-                    .values()
-                    .filter(|j| j.compute_id == req.compute_id)
-                    .count()
-            })
-            .unwrap_or(0);
-        Value::str_dict([
-            ("done", Value::List(Vec::new())),
-            ("pending", Value::Int(pending as i64)),
-        ])
+    /// Checks a saved-results request: its `auth` must be the computation's, whether the
+    /// computation is still registered or known only from its saved results.
+    async fn saved_request(&self, body: &[u8]) -> Option<(ComputeRequest, Vec<crate::results::SavedResult>)> {
+        let req = pickle::decode(body).ok().and_then(|v| ComputeRequest::from_value(&v).ok())?;
+        let auth = req.auth.clone()?;
+        let registered = self.lock().computations.get(&req.compute_id).map(|c| c.compute.auth.clone());
+        let saved = self.saved_for(req.compute_id).await;
+        let known = registered.as_deref().or_else(|| saved.first().map(|r| r.compute_auth.as_str()));
+        if known != Some(auth.as_str()) {
+            return None;
+        }
+        Some((req, saved))
+    }
+
+    async fn pending_jobs_value(&self, body: &[u8]) -> Value {
+        let Some((req, saved)) = self.saved_request(body).await else {
+            return Value::str_dict([("done", Value::List(Vec::new())), ("pending", Value::Int(0))]);
+        };
+        let running = self.lock().jobs.values().filter(|j| j.compute_id == req.compute_id && !j.finishing).count();
+        // The reference caps the list at about 51 uids per answer.
+        let done = saved.iter().take(51).map(|r| Value::Int(r.uid)).collect();
+        Value::str_dict([("done", Value::List(done)), ("pending", Value::Int(running as i64))])
+    }
+
+    async fn on_retrieve_job(&self, s: &mut Conn, body: &[u8], peer: SocketAddr) -> Result<(), NetError> {
+        let Some((req, saved)) = self.saved_request(body).await else {
+            tracing::info!(client = %peer, "refused RETRIEVE_JOB: unknown computation or wrong auth");
+            return self.reply_pickle(s, &Value::None).await;
+        };
+        let found = saved.into_iter().find(|r| Some(r.uid) == req.uid && Some(&r.hash) == req.hash.as_ref());
+        let Some(r) = found else {
+            return self.reply_pickle(s, &Value::None).await;
+        };
+        // The payload is the pickled _JobReply itself; it is removed only once ACKed.
+        net::write_frame(s, &r.payload, self.msg_timeout()).await?;
+        let ack = net::read_frame(s, crate::limits::MAX_REPLY, self.msg_timeout()).await?;
+        if ack == b"ACK" {
+            self.forget_result(&r).await;
+            tracing::info!(client = %peer, computation = r.compute_id, job = r.uid, "saved result retrieved");
+        }
+        Ok(())
+    }
+
+    async fn on_resend_results(self: &Arc<Self>, s: &mut Conn, body: &[u8], peer: SocketAddr) -> Result<(), NetError> {
+        let Some((req, saved)) = self.saved_request(body).await else {
+            tracing::info!(client = %peer, "refused RESEND_JOB_RESULTS: unknown computation or wrong auth");
+            return self.reply_pickle(s, &Value::Int(0)).await;
+        };
+        let running = self.lock().jobs.values().filter(|j| j.compute_id == req.compute_id && !j.finishing).count();
+        let r = self.reply_pickle(s, &Value::Int((saved.len() + running) as i64)).await;
+        let n = self.clone();
+        tokio::spawn(async move { n.resend_results(Some(req.compute_id)).await });
+        r
     }
 }
 

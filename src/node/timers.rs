@@ -11,6 +11,9 @@ use crate::protocol::pickle::{self, Value};
 
 use super::Node;
 
+/// How often undelivered results are offered again to their clients.
+const RESEND_INTERVAL: Duration = Duration::from_secs(10);
+
 /// Where the node stands in its daily service window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Service {
@@ -103,6 +106,7 @@ impl Node {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_pulse = Instant::now();
+        let mut last_resend = Instant::now();
         let mut last_service = self.service();
         loop {
             tick.tick().await;
@@ -116,6 +120,10 @@ impl Node {
                 self.pulse().await;
             }
             self.check_zombie().await;
+            if last_resend.elapsed() >= RESEND_INTERVAL && self.lock().saved_results > 0 {
+                last_resend = Instant::now();
+                tokio::spawn(self.clone().resend_results(None));
+            }
         }
     }
 

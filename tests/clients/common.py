@@ -1,0 +1,125 @@
+"""Shared helpers for the interop client scripts.
+
+Every script takes the node's TCP port P as argv[1]; the client listens on
+P-1 (dispy_port=P-1) and reaches the node with nodes=[('127.0.0.1', P)].
+
+Protocol between a script and the Rust harness (tests/support/mod.rs):
+  * one line per check: "CHECK <name> ok" or "CHECK <name> FAIL <detail>";
+  * informational lines: "INFO <key>=<value>" (the harness may read them);
+  * a final line "RESULT ok" once the script ran to its end.
+The Rust test lists the CHECK names it expects, so a silently skipped check
+fails the test.  Checks never raise: a script keeps going after a failed
+check so the harness shows every problem at once.
+"""
+
+import faulthandler
+import os
+import sys
+import time
+
+# Hard watchdog inside the client: dump every thread's stack and exit if the
+# script hangs.  The harness has its own, longer, hard timeout that kills us.
+_WATCHDOG = float(os.environ.get('INTEROP_CLIENT_WATCHDOG', '80'))
+faulthandler.dump_traceback_later(_WATCHDOG, exit=True)
+# Every bounded wait below is also capped by this deadline, so that a script
+# whose node never answers still reaches its end (and prints all its CHECK
+# lines) before the watchdog fires.
+_DEADLINE = time.time() + max(_WATCHDOG - 15, 5)
+
+import dispy  # noqa: E402
+
+NODE_HOST = '127.0.0.1'
+_failed = []
+
+
+def port():
+    return int(sys.argv[1])
+
+
+def arg(i, default=None):
+    return sys.argv[i] if len(sys.argv) > i else default
+
+
+def _one_line(text):
+    return str(text).replace('\\', '\\\\').replace('\n', '\\n')
+
+
+def check(name, cond, detail=''):
+    if cond:
+        print('CHECK %s ok' % name, flush=True)
+    else:
+        _failed.append(name)
+        print('CHECK %s FAIL %s' % (name, _one_line(detail)), flush=True)
+    return bool(cond)
+
+
+def check_eq(name, got, want):
+    return check(name, got == want, 'got %r, want %r' % (got, want))
+
+
+def info(key, value):
+    print('INFO %s=%s' % (key, _one_line(value)), flush=True)
+
+
+def finish():
+    print('RESULT ok', flush=True)
+    sys.stdout.flush()
+
+
+def loglevel():
+    return dispy.logger.DEBUG if os.environ.get('INTEROP_CLIENT_DEBUG') else dispy.logger.INFO
+
+
+def cluster(computation, nodes=None, **kwargs):
+    """A JobCluster bound to the node under test.  Never pass job_status or
+    cluster_status: dispy 4.15.2 rejects them on Python 3.11 (getargspec)."""
+    p = port()
+    if nodes is None:
+        nodes = [(NODE_HOST, p)]
+    return dispy.JobCluster(computation, nodes=nodes, host=NODE_HOST, dispy_port=p - 1,
+                            loglevel=loglevel(), **kwargs)
+
+
+def node_alloc(**kwargs):
+    return dispy.NodeAllocate(NODE_HOST, port=port(), **kwargs)
+
+
+def budget(timeout):
+    """`timeout` capped by what is left of the script's time budget."""
+    return max(min(timeout, _DEADLINE - time.time()), 0.05)
+
+
+def wait_job(job, timeout):
+    """Bounded wait for a job's final reply; True if it arrived."""
+    return job.finish.wait(budget(timeout))
+
+
+def wait_until(pred, timeout, step=0.05):
+    deadline = time.time() + budget(timeout)
+    while time.time() < deadline:
+        if pred():
+            return True
+        time.sleep(step)
+    return bool(pred())
+
+
+def wait_node(c, timeout=30):
+    """Wait until the cluster has the node (discovery + COMPUTE + SETUP done)."""
+    def ready():
+        try:
+            st = c.status()
+        except Exception:
+            return False
+        return any(n.ip_addr == NODE_HOST and n.cpus > 0 for n in st.nodes)
+    return wait_until(ready, timeout, step=0.1)
+
+
+def close(c, timeout=30):
+    """Close bounded: returns True if all jobs were done when closing."""
+    return c.close(timeout=budget(timeout), terminate=True)
+
+
+def status_name(s):
+    names = {5: 'Created', 6: 'Running', 7: 'ProvisionalResult', 8: 'Cancelled',
+             9: 'Terminated', 10: 'Abandoned', 11: 'Finished'}
+    return '%s(%s)' % (names.get(s, '?'), s)

@@ -1,0 +1,832 @@
+//! Harness for the interop tests: drives a dispynode with the real, stock
+//! dispy 4.15.2 client (Python scripts in `tests/clients/`).
+//!
+//! * The node under test is ours (`CARGO_BIN_EXE_dispynode`) unless
+//!   `DISPYNODE_IMPL=reference`, which runs the original Python dispynode
+//!   from the same venv (to prove the client scripts right).
+//! * The client venv is `target/dispy-venv` (override: `DISPY_VENV`); it is
+//!   created on first use, guarded by a lock so parallel tests and test
+//!   processes create it once.
+//! * Each client script prints `CHECK <name> ok|FAIL <detail>` lines and a
+//!   final `RESULT ok`; a test lists the CHECK names it expects, so a script
+//!   that silently skips a check fails.
+//!
+//! Every wait is bounded: node start-up, client scripts (hard timeout, then
+//! the client's process group is killed) and node shutdown.
+
+#![allow(dead_code)]
+
+use std::collections::HashSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::fcntl::{Flock, FlockArg};
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::unistd::Pid;
+use rand::Rng;
+use tempfile::TempDir;
+
+/// The dispy client version the tests are written against.
+pub const DISPY_VERSION: &str = "4.15.2";
+
+/// Default hard timeout for one client script.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// How long a node may take to accept TCP connections after its start.
+const NODE_START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Time between SIGTERM and SIGKILL when stopping a node.
+const NODE_STOP_GRACE: Duration = Duration::from_secs(3);
+
+/// Depth of the node's prefix below the test's temp dir: `base/n1/n2/n3/n4/prefix`.
+/// Path escapes of up to this many `..` land inside `base`, where the test
+/// can see them (and clean them up).
+const PREFIX_DEPTH_DIRS: [&str; 5] = ["n1", "n2", "n3", "n4", "prefix"];
+
+// ---------------------------------------------------------------------------
+// Which node implementation runs
+
+/// The node implementation under test.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Impl {
+    /// This crate's `dispynode` binary.
+    Ours,
+    /// The original Python `dispynode.py` (dispy 4.15.2).
+    Reference,
+}
+
+/// `DISPYNODE_IMPL=reference` selects the Python node; unset, empty or
+/// `ours` selects ours.
+pub fn node_impl() -> Impl {
+    match std::env::var("DISPYNODE_IMPL").unwrap_or_default().as_str() {
+        "" | "ours" => Impl::Ours,
+        "reference" | "ref" | "python" => Impl::Reference,
+        other => panic!("DISPYNODE_IMPL={other:?}: expected 'ours' or 'reference'"),
+    }
+}
+
+/// For tests that only our node can pass (documented reference bugs): returns
+/// true (and says so) when running against the reference.
+pub fn skip_under_reference(reason: &str) -> bool {
+    if node_impl() == Impl::Reference {
+        eprintln!("SKIPPED under DISPYNODE_IMPL=reference: {reason}");
+        true
+    } else {
+        false
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Paths, the Python venv
+
+/// The repository root (the crate's manifest directory).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The client scripts' directory.
+pub fn clients_dir() -> PathBuf {
+    repo_root().join("tests").join("clients")
+}
+
+/// The venv holding dispy (and the reference node).
+pub fn venv_dir() -> PathBuf {
+    match std::env::var_os("DISPY_VENV") {
+        Some(v) if !v.is_empty() => PathBuf::from(v),
+        _ => repo_root().join("target").join("dispy-venv"),
+    }
+}
+
+fn venv_has_dispy(python: &Path) -> bool {
+    if !python.exists() {
+        return false;
+    }
+    Command::new(python)
+        .args([
+            "-c",
+            &format!("import dispy, pycos; assert dispy.__version__ == '{DISPY_VERSION}'"),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+fn run_setup_step(cmd: &mut Command, what: &str) {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot run {cmd:?}: {e}"));
+    if !out.status.success() {
+        panic!(
+            "{what} failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// The venv's python, creating the venv with `dispy==4.15.2` if needed.
+/// Safe to call from many test threads and processes at once.
+pub fn python() -> PathBuf {
+    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
+    PYTHON
+        .get_or_init(|| {
+            let venv = venv_dir();
+            let python = venv.join("bin").join("python");
+            if venv_has_dispy(&python) {
+                return python;
+            }
+            if let Some(parent) = venv.parent() {
+                fs::create_dir_all(parent).expect("create the venv's parent directory");
+            }
+            let lock_path = venv.with_extension("lock");
+            let lock_file = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&lock_path)
+                .unwrap_or_else(|e| panic!("open {}: {e}", lock_path.display()));
+            let _lock = Flock::lock(lock_file, FlockArg::LockExclusive)
+                .unwrap_or_else(|(_, e)| panic!("flock {}: {e}", lock_path.display()));
+            // Another process may have built it while we waited for the lock.
+            if !venv_has_dispy(&python) {
+                let base_python =
+                    std::env::var("DISPY_BASE_PYTHON").unwrap_or_else(|_| "python3".into());
+                eprintln!(
+                    "creating the dispy venv at {} with {base_python}",
+                    venv.display()
+                );
+                run_setup_step(
+                    Command::new(&base_python).args(["-m", "venv"]).arg(&venv),
+                    "python3 -m venv",
+                );
+                run_setup_step(
+                    Command::new(&python).args([
+                        "-m",
+                        "pip",
+                        "install",
+                        "--disable-pip-version-check",
+                        &format!("dispy=={DISPY_VERSION}"),
+                    ]),
+                    "pip install dispy",
+                );
+                assert!(
+                    venv_has_dispy(&python),
+                    "dispy {DISPY_VERSION} still not importable from {}",
+                    python.display()
+                );
+            }
+            python
+        })
+        .clone()
+}
+
+// ---------------------------------------------------------------------------
+// Ports
+
+fn port_is_free(port: u16) -> bool {
+    let addrs = [Ipv4Addr::LOCALHOST, Ipv4Addr::UNSPECIFIED];
+    addrs.iter().all(|ip| {
+        let sa = SocketAddr::from((*ip, port));
+        TcpListener::bind(sa).is_ok() && UdpSocket::bind(sa).is_ok()
+    })
+}
+
+/// A random port P in 20000..60000 such that TCP and UDP on P-1 (client)
+/// and P (node) can be bound right now.  Never returns a port of a pair
+/// already handed out in this process.
+pub fn free_port_pair() -> u16 {
+    static USED: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
+    let used = USED.get_or_init(|| Mutex::new(HashSet::new()));
+    let mut rng = rand::thread_rng();
+    for _ in 0..1000 {
+        let p: u16 = rng.gen_range(20001..60000);
+        {
+            let used = used.lock().unwrap();
+            if used.contains(&p) || used.contains(&(p - 1)) {
+                continue;
+            }
+        }
+        if port_is_free(p - 1) && port_is_free(p) {
+            let mut used = used.lock().unwrap();
+            if used.contains(&p) || used.contains(&(p - 1)) {
+                continue;
+            }
+            used.insert(p - 1);
+            used.insert(p);
+            return p;
+        }
+    }
+    panic!("no free port pair found in 20000..60000");
+}
+
+// ---------------------------------------------------------------------------
+// Processes
+
+/// SIGTERM, wait up to `grace`, then SIGKILL the whole process group (the
+/// child was started as a group leader) and reap the child.
+fn stop_process_group(child: &mut Child, grace: Duration) {
+    let pid = Pid::from_raw(child.id() as i32);
+    if matches!(child.try_wait(), Ok(None)) {
+        let _ = kill(pid, Signal::SIGTERM);
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if !matches!(child.try_wait(), Ok(None)) {
+                break;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+    // Leftovers of the group (e.g. job processes forked by the reference).
+    let _ = killpg(pid, Signal::SIGKILL);
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn read_lossy(path: &Path) -> String {
+    let mut buf = Vec::new();
+    if let Ok(mut f) = File::open(path) {
+        let _ = f.read_to_end(&mut buf);
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    let start = all.len().saturating_sub(lines);
+    let mut out = String::new();
+    if start > 0 {
+        out.push_str(&format!("[... {start} earlier lines ...]\n"));
+    }
+    for l in &all[start..] {
+        out.push_str(l);
+        out.push('\n');
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------
+// The node
+
+/// Options common to both implementations.
+#[derive(Clone, Debug)]
+pub struct NodeOpts {
+    pub cpus: u32,
+    pub secret: Option<String>,
+    /// e.g. "10k"
+    pub max_file_size: Option<String>,
+    /// Passed verbatim (the option must exist in the implementation under test).
+    pub extra: Vec<String>,
+}
+
+impl Default for NodeOpts {
+    fn default() -> Self {
+        NodeOpts {
+            cpus: 2,
+            secret: None,
+            max_file_size: None,
+            extra: Vec::new(),
+        }
+    }
+}
+
+/// A running node with its own temp dir, ports and log.  Dropping it stops
+/// the node (SIGTERM, SIGKILL after 3 s) and removes the temp dir.
+pub struct Node {
+    child: Child,
+    port: u16,
+    imp: Impl,
+    base: TempDir,
+    prefix: PathBuf,
+    log_path: PathBuf,
+    command: String,
+}
+
+impl Node {
+    /// Starts the node under test with 2 CPUs.
+    pub fn start() -> Node {
+        Node::start_with(NodeOpts::default())
+    }
+
+    pub fn start_with(opts: NodeOpts) -> Node {
+        let imp = node_impl();
+        let python = python();
+        let port = free_port_pair();
+        let base = tempfile::Builder::new()
+            .prefix("dispynode-interop-")
+            .tempdir()
+            .expect("create temp dir");
+        let mut prefix = base.path().to_path_buf();
+        for d in PREFIX_DEPTH_DIRS {
+            prefix.push(d);
+        }
+        fs::create_dir_all(&prefix).expect("create node prefix");
+        // World-traversable, like /tmp: a node started as root may run jobs
+        // under another account, which must reach the prefix.
+        let mut d = prefix.clone();
+        while d.starts_with(base.path()) {
+            let _ = fs::set_permissions(&d, fs::Permissions::from_mode(0o755));
+            if !d.pop() {
+                break;
+            }
+        }
+        let log_path = base.path().join("node.log");
+        let log = File::create(&log_path).expect("create node log");
+        let log2 = log.try_clone().expect("clone log handle");
+
+        let mut cmd = match imp {
+            Impl::Ours => {
+                let mut c = Command::new(env!("CARGO_BIN_EXE_dispynode"));
+                c.args(["-i", "127.0.0.1"])
+                    .args(["--node_port", &port.to_string()])
+                    .args(["--scheduler_port", &(port - 1).to_string()]);
+                c
+            }
+            Impl::Reference => {
+                let mut c = Command::new(&python);
+                c.arg(venv_dir().join("bin").join("dispynode.py"))
+                    .args(["-i", "127.0.0.1"])
+                    .args(["-p", &(port - 1).to_string()])
+                    .arg("--daemon");
+                c
+            }
+        };
+        cmd.arg("--dest_path_prefix")
+            .arg(&prefix)
+            .args(["--cpus", &opts.cpus.to_string()])
+            .arg("-d");
+        if let Some(s) = &opts.secret {
+            cmd.args(["--secret", s]);
+        }
+        if let Some(m) = &opts.max_file_size {
+            cmd.args(["--max_file_size", m]);
+        }
+        cmd.args(&opts.extra);
+        cmd.current_dir(base.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log2))
+            .env("PYTHONUNBUFFERED", "1")
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .process_group(0);
+        let command = format!("{cmd:?}");
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start node {command}: {e}"));
+        let mut node = Node {
+            child,
+            port,
+            imp,
+            base,
+            prefix,
+            log_path,
+            command,
+        };
+        node.wait_accepting();
+        node
+    }
+
+    fn wait_accepting(&mut self) {
+        let deadline = Instant::now() + NODE_START_TIMEOUT;
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "node exited during start-up ({status})\ncommand: {}\n--- node log\n{}",
+                    self.command,
+                    tail(&self.log(), 200)
+                );
+            }
+            if let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
+                // 40 bytes that are not the auth, then EOF: the node drops it.
+                let _ = s.write_all(&[b'x'; 40]);
+                break;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "node not accepting on TCP {addr} after {NODE_START_TIMEOUT:?}\ncommand: {}\n--- node log\n{}",
+                    self.command,
+                    tail(&self.log(), 200)
+                );
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn implementation(&self) -> Impl {
+        self.imp
+    }
+
+    /// The node's TCP/UDP port P (the client uses P-1).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The `--dest_path_prefix` given to the node.
+    pub fn prefix(&self) -> &Path {
+        &self.prefix
+    }
+
+    /// The test's temp dir (holds the prefix, a few levels down, and the log).
+    pub fn base(&self) -> &Path {
+        self.base.path()
+    }
+
+    /// Where the per-scheduler directories live: the reference appends
+    /// `dispy/node` to its prefix, ours uses the prefix as given.
+    pub fn files_root(&self) -> PathBuf {
+        match self.imp {
+            Impl::Ours => self.prefix.clone(),
+            Impl::Reference => self.prefix.join("dispy").join("node"),
+        }
+    }
+
+    /// The directory holding the computations of the scheduler at 127.0.0.1.
+    pub fn computations_dir(&self) -> PathBuf {
+        self.files_root().join("127.0.0.1")
+    }
+
+    pub fn log(&self) -> String {
+        read_lossy(&self.log_path)
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    /// The last lines of the log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        tail(&self.log(), 300)
+    }
+
+    /// Polls the log (bounded) for a line containing `needle`.
+    pub fn wait_log_contains(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.log().contains(needle) {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn is_alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Panics (with the log) if the node has exited, or if our node's log
+    /// shows a Rust panic (a panicking task may leave the process running).
+    pub fn assert_alive(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!(
+                "the node died ({status})\ncommand: {}\n--- node log\n{}",
+                self.command,
+                self.log_tail()
+            );
+        }
+        if self.imp == Impl::Ours {
+            let log = self.log();
+            if let Some(line) = log.lines().find(|l| l.contains("panicked at")) {
+                panic!(
+                    "the node panicked: {line}\ncommand: {}\n--- node log\n{}",
+                    self.command,
+                    tail(&log, 300)
+                );
+            }
+        }
+    }
+
+    /// Sends SIGTERM and waits up to `timeout` for the node to exit (no
+    /// SIGKILL): Ok(exit status) or Err(description).
+    pub fn terminate(&mut self, timeout: Duration) -> Result<ExitStatus, String> {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            return Err(format!("the node had already exited ({status})"));
+        }
+        kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM)
+            .map_err(|e| format!("kill: {e}"))?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "the node did not exit within {timeout:?} of SIGTERM"
+                ));
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Every path under the test's temp dir that is neither the log, nor the
+    /// prefix or one of its ancestors, nor inside the prefix: anything a node
+    /// wrote outside its prefix.
+    pub fn entries_outside_prefix(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        let mut allowed: HashSet<PathBuf> = HashSet::new();
+        let mut p = self.prefix.clone();
+        while p.starts_with(self.base.path()) && p != self.base.path() {
+            allowed.insert(p.clone());
+            p.pop();
+        }
+        allowed.insert(self.log_path.clone());
+        let mut stack = vec![self.base.path().to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            let Ok(rd) = fs::read_dir(&dir) else { continue };
+            for e in rd.flatten() {
+                let path = e.path();
+                if path.starts_with(&self.prefix) && path != self.prefix {
+                    continue;
+                }
+                if !allowed.contains(&path) {
+                    out.push(path.clone());
+                }
+                if e.file_type().map(|t| t.is_dir()).unwrap_or(false) && path != self.prefix {
+                    stack.push(path);
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// Every file or directory under the test's temp dir whose name starts
+    /// with `name_prefix`.
+    pub fn find_named(&self, name_prefix: &str) -> Vec<PathBuf> {
+        find_named(self.base.path(), name_prefix)
+    }
+
+    /// Panics (with the node log) unless `cond`.
+    pub fn ensure(&self, cond: bool, what: &str) {
+        if !cond {
+            panic!("{what}\n--- node log\n{}", self.log_tail());
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        stop_process_group(&mut self.child, NODE_STOP_GRACE);
+    }
+}
+
+/// Recursively lists entries below `root` whose file name starts with `name_prefix`.
+pub fn find_named(root: &Path, name_prefix: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(rd) = fs::read_dir(&dir) else { continue };
+        for e in rd.flatten() {
+            let path = e.path();
+            if e.file_name().to_string_lossy().starts_with(name_prefix) {
+                out.push(path.clone());
+            }
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                stack.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+// ---------------------------------------------------------------------------
+// Client scripts
+
+/// One parsed `CHECK` line.
+#[derive(Clone, Debug)]
+pub struct Check {
+    pub name: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+/// The outcome of one client script.
+pub struct ClientRun {
+    pub script: String,
+    pub args: Vec<String>,
+    /// None when the hard timeout killed it.
+    pub status: Option<ExitStatus>,
+    pub timed_out: bool,
+    pub elapsed: Duration,
+    pub stdout: String,
+    pub stderr: String,
+    cwd: TempDir,
+}
+
+/// Runs `tests/clients/<script>.py <args...>` with the venv's python in a
+/// fresh temp cwd, with a hard timeout (its process group is killed then).
+pub fn run_client(script: &str, args: &[&str], timeout: Duration) -> ClientRun {
+    let python = python();
+    let cwd = tempfile::Builder::new()
+        .prefix("dispy-client-")
+        .tempdir()
+        .expect("client temp dir");
+    let path = clients_dir().join(format!("{script}.py"));
+    assert!(path.is_file(), "no client script {}", path.display());
+    // The script's own watchdog fires first and dumps its threads' stacks.
+    let watchdog = timeout.as_secs().saturating_sub(8).max(5);
+    let mut cmd = Command::new(&python);
+    cmd.arg(&path)
+        .args(args)
+        .current_dir(cwd.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env("PYTHONUNBUFFERED", "1")
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .env("INTEROP_CLIENT_WATCHDOG", watchdog.to_string())
+        .process_group(0);
+    let started = Instant::now();
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", path.display()));
+    let mut out_pipe = child.stdout.take().expect("stdout pipe");
+    let mut err_pipe = child.stderr.take().expect("stderr pipe");
+    let out_reader = thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = out_pipe.read_to_end(&mut b);
+        b
+    });
+    let err_reader = thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = err_pipe.read_to_end(&mut b);
+        b
+    });
+    let deadline = started + timeout;
+    let mut timed_out = false;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break Some(s),
+            Ok(None) => {}
+            Err(_) => break None,
+        }
+        if Instant::now() > deadline {
+            timed_out = true;
+            let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
+    // Leftover processes of the client's group would keep the pipes open.
+    let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+    let stdout = String::from_utf8_lossy(&out_reader.join().unwrap_or_default()).into_owned();
+    let stderr = String::from_utf8_lossy(&err_reader.join().unwrap_or_default()).into_owned();
+    ClientRun {
+        script: script.to_string(),
+        args: args.iter().map(|s| s.to_string()).collect(),
+        status,
+        timed_out,
+        elapsed: started.elapsed(),
+        stdout,
+        stderr,
+        cwd,
+    }
+}
+
+impl ClientRun {
+    /// The client's working directory (files sent by jobs land here).
+    pub fn cwd(&self) -> &Path {
+        self.cwd.path()
+    }
+
+    pub fn checks(&self) -> Vec<Check> {
+        self.stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix("CHECK "))
+            .map(|rest| {
+                let mut it = rest.splitn(3, ' ');
+                let name = it.next().unwrap_or("").to_string();
+                let verdict = it.next().unwrap_or("");
+                let detail = it.next().unwrap_or("").to_string();
+                Check {
+                    name,
+                    ok: verdict == "ok",
+                    detail,
+                }
+            })
+            .collect()
+    }
+
+    /// The value of the last `INFO <key>=<value>` line.
+    pub fn info(&self, key: &str) -> Option<String> {
+        let pfx = format!("INFO {key}=");
+        self.stdout
+            .lines()
+            .rev()
+            .find_map(|l| l.strip_prefix(pfx.as_str()))
+            .map(|s| s.to_string())
+    }
+
+    pub fn finished(&self) -> bool {
+        self.stdout.lines().any(|l| l.trim_end() == "RESULT ok")
+    }
+
+    /// Problems with this run given the expected CHECK names (empty = fine).
+    pub fn problems(&self, expected: &[&str]) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.timed_out {
+            problems.push(format!(
+                "client killed after the hard timeout ({:?})",
+                self.elapsed
+            ));
+        } else {
+            match self.status {
+                Some(s) if s.success() => {}
+                Some(s) => problems.push(format!("client exited with {s}")),
+                None => problems.push("client status unknown".into()),
+            }
+        }
+        if !self.finished() {
+            problems.push("no final 'RESULT ok' line".into());
+        }
+        let checks = self.checks();
+        let seen: HashSet<&str> = checks.iter().map(|c| c.name.as_str()).collect();
+        for c in &checks {
+            if !c.ok {
+                problems.push(format!("CHECK {} failed: {}", c.name, c.detail));
+            }
+            if !expected.contains(&c.name.as_str()) {
+                problems.push(format!(
+                    "CHECK {} is not in the test's expected list",
+                    c.name
+                ));
+            }
+        }
+        for name in expected {
+            if !seen.contains(name) {
+                problems.push(format!("CHECK {name} missing (not run)"));
+            }
+        }
+        problems
+    }
+
+    /// A report with the client's whole output.
+    pub fn report(&self) -> String {
+        format!(
+            "client {} {:?} (status {:?}, {:.1}s, cwd {})\n--- client stdout\n{}\n--- client stderr\n{}",
+            self.script,
+            self.args,
+            self.status,
+            self.elapsed.as_secs_f64(),
+            self.cwd.path().display(),
+            self.stdout,
+            self.stderr
+        )
+    }
+
+    /// Asserts the run finished, every CHECK is ok and exactly the expected
+    /// CHECK names were reported; otherwise panics with the client's output
+    /// and the node's log.
+    pub fn assert_checks(&self, node: &Node, expected: &[&str]) {
+        let problems = self.problems(expected);
+        if !problems.is_empty() {
+            panic!(
+                "{} problem(s) with client script '{}' against the {:?} node:\n  - {}\n{}\n--- node log ({})\n{}",
+                problems.len(),
+                self.script,
+                node.implementation(),
+                problems.join("\n  - "),
+                self.report(),
+                node.log_path().display(),
+                node.log_tail()
+            );
+        }
+    }
+}
+
+/// Runs a client script against `node` (its port as argv[1], then `args`)
+/// with the default hard timeout.
+pub fn run_against(node: &Node, script: &str, args: &[&str]) -> ClientRun {
+    let port = node.port().to_string();
+    let mut all: Vec<&str> = vec![port.as_str()];
+    all.extend_from_slice(args);
+    run_client(script, &all, CLIENT_TIMEOUT)
+}
+
+/// A short random token for unique names.
+pub fn token() -> String {
+    let mut rng = rand::thread_rng();
+    format!("{:08x}", rng.gen::<u32>())
+}
