@@ -41,22 +41,30 @@ impl Node {
     pub(crate) async fn worker_events(
         self: Arc<Self>,
         compute_id: i64,
+        worker_pid: Option<i32>,
         mut rx: UnboundedReceiver<JobEvent>,
     ) {
         while let Some(ev) = rx.recv().await {
             match ev {
                 JobEvent::Started { id, pid } => {
+                    self.procs.add(pid);
                     if let Some(j) = self.lock().jobs.get_mut(&id) {
                         j.pid = Some(pid);
                     }
                 }
                 JobEvent::Done { id, header, result } => {
+                    if let Some(pid) = self.lock().jobs.get(&id).and_then(|j| j.pid) {
+                        self.procs.remove(pid);
+                    }
                     let n = self.clone();
                     tokio::spawn(async move {
                         n.finish_job(id, Outcome::Function { header, result }).await
                     });
                 }
                 JobEvent::WorkerExited => {
+                    if let Some(pid) = worker_pid {
+                        self.procs.remove(pid);
+                    }
                     let ids: Vec<u64> = self
                         .lock()
                         .jobs
@@ -163,12 +171,20 @@ impl Node {
                 return;
             }
         };
+        let pid = child.id().and_then(|p| i32::try_from(p).ok());
         if let Some(j) = self.lock().jobs.get_mut(&id) {
-            j.pid = child.id().and_then(|p| i32::try_from(p).ok());
+            j.pid = pid;
+        }
+        if let Some(pid) = pid {
+            self.procs.add(pid);
         }
         let n = self.clone();
         tokio::spawn(async move {
-            let outcome = match child.wait_with_output().await {
+            let waited = child.wait_with_output().await;
+            if let Some(pid) = pid {
+                n.procs.remove(pid);
+            }
+            let outcome = match waited {
                 Ok(out) => {
                     use std::os::unix::process::ExitStatusExt;
                     let code = out

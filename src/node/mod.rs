@@ -4,6 +4,7 @@
 
 mod discovery;
 mod jobs;
+pub mod leftovers;
 mod requests;
 mod timers;
 pub mod worker;
@@ -40,6 +41,8 @@ pub enum NodeError {
     },
     #[error("cannot find the Python interpreter {python:?}: {reason}")]
     Python { python: String, reason: String },
+    #[error(transparent)]
+    Leftover(#[from] leftovers::LeftoverError),
     #[error("cannot use the state directory: {0}")]
     State(#[from] crate::results::StoreError),
     #[error("signal handling: {0}")]
@@ -121,6 +124,9 @@ pub struct Node {
     pub(crate) jobs_changed: Notify,
     /// Undelivered results, kept in the state directory until the client acknowledges them.
     pub(crate) results: Arc<crate::results::ResultStore>,
+    /// Processes we started, for `--clean` after a crash.
+    pub(crate) procs: leftovers::ProcRecords,
+    _lock: leftovers::StateLock,
     /// One resend pass at a time, so a result is never pushed twice at once.
     pub(crate) resending: tokio::sync::Mutex<()>,
     next_job: AtomicU64,
@@ -244,6 +250,21 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
         source,
     })?;
     let python = resolve_python(&cfg.python)?;
+    let lock = leftovers::lock_state_dir(&cfg.state_dir)?;
+    let procs = leftovers::ProcRecords::open(&cfg.state_dir)?;
+    if cfg.clean {
+        let killed = procs.kill_leftovers();
+        let removed = leftovers::clean_prefix(&prefix, &cfg.state_dir)
+            .map_err(|source| NodeError::Prefix { path: prefix.clone(), source })?;
+        let results_dir = cfg.state_dir.join("results");
+        crate::store::remove_tree(&results_dir).map_err(|source| NodeError::Prefix { path: results_dir, source })?;
+        tracing::info!(killed, removed, "--clean: removed what an earlier run left");
+    } else {
+        let left = procs.leftovers();
+        if !left.is_empty() {
+            tracing::warn!(pids = ?left, "processes of an earlier run are still running; start with --clean to kill them");
+        }
+    }
     let results = crate::results::ResultStore::open(&cfg.state_dir)?;
     let saved_results = results.list()?.len();
     if saved_results > 0 {
@@ -282,6 +303,8 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
             saved_results,
         }),
         results: Arc::new(results),
+        procs,
+        _lock: lock,
         resending: tokio::sync::Mutex::new(()),
         sign,
         auth: node_auth,

@@ -281,7 +281,11 @@ impl Node {
     ) -> Result<Arc<worker::Worker>, String> {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let w = worker::Worker::spawn(&self.python, dir, tx).map_err(|e| e.to_string())?;
-        tokio::spawn(self.clone().worker_events(c.id, rx));
+        let pid = w.pid.and_then(|p| i32::try_from(p).ok());
+        if let Some(pid) = pid {
+            self.procs.add(pid);
+        }
+        tokio::spawn(self.clone().worker_events(c.id, pid, rx));
         let client_addr = c
             .client_reply_addr
             .clone()

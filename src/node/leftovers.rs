@@ -1,0 +1,190 @@
+//! What survives a crash besides saved results: the lock that keeps two nodes off one state
+//! directory, and a record of every process the node started, so `--clean` can kill what an
+//! earlier run left behind without ever killing a process that is not ours.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::unistd::Pid;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum LeftoverError {
+    #[error("another dispynode (pid {pid}) is using the state directory {dir}")]
+    Locked { dir: PathBuf, pid: String },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+}
+
+fn io_at(path: &Path) -> impl FnOnce(io::Error) -> LeftoverError + '_ {
+    move |source| LeftoverError::Io { path: path.to_owned(), source }
+}
+
+/// The held lock on the state directory; released when the process exits (even by SIGKILL).
+pub struct StateLock {
+    _file: File,
+}
+
+/// Creates the state directory (0700) and takes its lock, writing our pid into it.
+pub fn lock_state_dir(dir: &Path) -> Result<StateLock, LeftoverError> {
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io_at(dir))?;
+    let path = dir.join("lock");
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&path)
+        .map_err(io_at(&path))?;
+    // SAFETY: flock on a descriptor we own; no memory is involved.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if r != 0 {
+        let mut pid = String::new();
+        let _ = f.read_to_string(&mut pid);
+        return Err(LeftoverError::Locked { dir: dir.to_owned(), pid: pid.trim().to_owned() });
+    }
+    f.set_len(0).map_err(io_at(&path))?;
+    f.rewind().map_err(io_at(&path))?;
+    writeln!(f, "{}", std::process::id()).map_err(io_at(&path))?;
+    Ok(StateLock { _file: f })
+}
+
+/// The kernel's start time of a process (field 22 of /proc/<pid>/stat), which together with
+/// the pid identifies it even after pid reuse.
+pub fn start_time(pid: i32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces and parentheses: skip past the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Records of the processes the node started: `<state_dir>/procs/<pid>` holding the start time.
+pub struct ProcRecords {
+    dir: PathBuf,
+}
+
+impl ProcRecords {
+    pub fn open(state_dir: &Path) -> Result<ProcRecords, LeftoverError> {
+        let dir = state_dir.join("procs");
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).map_err(io_at(&dir))?;
+        Ok(ProcRecords { dir })
+    }
+
+    /// Notes a process (group leader) we started. Best effort: a failure only weakens --clean.
+    pub fn add(&self, pid: i32) {
+        if let Some(t) = start_time(pid) {
+            let _ = fs::write(self.dir.join(pid.to_string()), t.to_string());
+        }
+    }
+
+    pub fn remove(&self, pid: i32) {
+        let _ = fs::remove_file(self.dir.join(pid.to_string()));
+    }
+
+    /// Recorded processes that still run (same pid and start time), and stale records.
+    fn scan(&self) -> (Vec<i32>, Vec<PathBuf>) {
+        let mut alive = Vec::new();
+        let mut stale = Vec::new();
+        let Ok(entries) = fs::read_dir(&self.dir) else { return (alive, stale) };
+        for e in entries.flatten() {
+            let path = e.path();
+            let pid: Option<i32> = e.file_name().to_str().and_then(|n| n.parse().ok());
+            let recorded: Option<u64> = fs::read_to_string(&path).ok().and_then(|s| s.trim().parse().ok());
+            match (pid, recorded) {
+                (Some(pid), Some(t)) if start_time(pid) == Some(t) => alive.push(pid),
+                _ => stale.push(path),
+            }
+        }
+        (alive, stale)
+    }
+
+    /// Processes of an earlier run that are still alive.
+    pub fn leftovers(&self) -> Vec<i32> {
+        self.scan().0
+    }
+
+    /// Kills (SIGKILL, whole process group) every recorded process that is verifiably ours and
+    /// clears the records. Returns how many were killed.
+    pub fn kill_leftovers(&self) -> usize {
+        let (alive, stale) = self.scan();
+        for pid in &alive {
+            let _ = killpg(Pid::from_raw(*pid), Signal::SIGKILL);
+            let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+            self.remove(*pid);
+        }
+        for p in stale {
+            let _ = fs::remove_file(p);
+        }
+        alive.len()
+    }
+}
+
+/// `--clean`: removes everything under the prefix except the state directory itself.
+pub fn clean_prefix(prefix: &Path, state_dir: &Path) -> io::Result<usize> {
+    let mut n = 0;
+    let Ok(entries) = fs::read_dir(prefix) else { return Ok(0) };
+    for e in entries.flatten() {
+        let p = e.path();
+        if state_dir.starts_with(&p) {
+            continue;
+        }
+        crate::store::remove_tree(&p)?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::CommandExt;
+
+    #[test]
+    fn lock_is_exclusive_and_released() {
+        let d = tempfile::tempdir().unwrap();
+        let l = lock_state_dir(d.path()).unwrap();
+        // flock locks belong to the open file description: a second open conflicts.
+        match lock_state_dir(d.path()) {
+            Err(LeftoverError::Locked { pid, .. }) => assert_eq!(pid, std::process::id().to_string()),
+            other => panic!("expected Locked, got {:?}", other.map(|_| ())),
+        }
+        drop(l);
+        assert!(lock_state_dir(d.path()).is_ok());
+    }
+
+    #[test]
+    fn records_identify_processes_and_kill_only_ours() {
+        let d = tempfile::tempdir().unwrap();
+        let recs = ProcRecords::open(d.path()).unwrap();
+        let mut child = std::process::Command::new("sleep").arg("30").process_group(0).spawn().unwrap();
+        let pid = child.id() as i32;
+        recs.add(pid);
+        // A record whose start time does not match is not ours: never killed.
+        fs::write(d.path().join("procs").join("1"), "12345").unwrap();
+        assert_eq!(recs.leftovers(), vec![pid]);
+        assert_eq!(recs.kill_leftovers(), 1);
+        let status = child.wait().unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(9));
+        assert!(fs::read_dir(d.path().join("procs")).unwrap().next().is_none());
+        assert!(start_time(1).is_some(), "pid 1 has a start time");
+    }
+
+    #[test]
+    fn clean_keeps_the_state_dir() {
+        let d = tempfile::tempdir().unwrap();
+        let state = d.path().join(".dispynode");
+        fs::create_dir_all(state.join("results")).unwrap();
+        fs::create_dir_all(d.path().join("127.0.0.1/1_abc")).unwrap();
+        fs::write(d.path().join("127.0.0.1/1_abc/f"), b"x").unwrap();
+        assert_eq!(clean_prefix(d.path(), &state).unwrap(), 1);
+        assert!(state.join("results").exists());
+        assert!(!d.path().join("127.0.0.1").exists());
+    }
+}
