@@ -109,21 +109,26 @@ pub async fn connect(addr: SocketAddr, limit: Duration) -> Result<TcpStream, Net
     }
 }
 
-/// Sends one framed message to `addr` and, with `want_reply`, returns the peer's one reply.
+/// Sends one framed message to `addr` (over TLS when `tls` is set) and, with `want_reply`,
+/// returns the peer's one reply.
 pub async fn request(
     addr: SocketAddr,
     payload: &[u8],
     want_reply: bool,
     limit: Duration,
+    tls: Option<&crate::tls::Tls>,
 ) -> Result<Option<Vec<u8>>, NetError> {
-    let mut s = connect(addr, limit).await?;
+    let tcp = connect(addr, limit).await?;
+    let mut s = crate::tls::connect(tls, tcp, limit).await?;
     write_frame(&mut s, payload, limit).await?;
     if !want_reply {
-        let _ = s.shutdown().await;
+        // For TLS this sends the close_notify the Python side expects.
+        let _ = timeout(limit, s.shutdown()).await;
         return Ok(None);
     }
     // Replies to our messages are short tokens or small pickles.
     let reply = read_frame(&mut s, crate::limits::MAX_REPLY, limit).await?;
+    let _ = timeout(limit, s.shutdown()).await;
     Ok(Some(reply))
 }
 

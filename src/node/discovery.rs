@@ -104,8 +104,9 @@ impl Node {
                 .encode();
                 let addr = SocketAddr::new(*t, ping.port);
                 let limit = self.msg_timeout();
+                let node = self.clone();
                 tokio::spawn(async move {
-                    match net::request(addr, &msg, false, limit).await {
+                    match net::request(addr, &msg, false, limit, node.tls.as_ref()).await {
                         Ok(_) => tracing::debug!(client = %addr, "PONG sent"),
                         Err(e) => tracing::debug!(client = %addr, error = %e, "PONG not delivered"),
                     }
@@ -170,7 +171,7 @@ impl Node {
         let ip = sched.ip().to_string();
         let msg = message::announce(&a.announce, self.cfg.node_port, &self.sign, Some(&ip));
         let _ = net::send_datagram(a.bind, sched, &msg).await;
-        if let Err(e) = net::request(sched, &msg, false, self.msg_timeout()).await {
+        if let Err(e) = net::request(sched, &msg, false, self.msg_timeout(), self.tls.as_ref()).await {
             tracing::debug!(scheduler = %sched, error = %e, "TCP announcement not delivered");
         }
     }
@@ -196,7 +197,7 @@ impl Node {
         if let Some((ip, port)) = sched {
             if let Some(ip) = net::parse_ip(&ip) {
                 let limit = self.msg_timeout().min(Duration::from_secs(2));
-                let _ = net::request(SocketAddr::new(ip, port), &msg, false, limit).await;
+                let _ = net::request(SocketAddr::new(ip, port), &msg, false, limit, self.tls.as_ref()).await;
             }
         }
     }

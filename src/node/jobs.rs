@@ -351,7 +351,7 @@ impl Node {
         let mut msg = Vec::with_capacity(payload.len() + 10);
         msg.extend_from_slice(b"JOB_REPLY:");
         msg.extend_from_slice(payload);
-        match net::request(addr, &msg, true, self.msg_timeout()).await {
+        match net::request(addr, &msg, true, self.msg_timeout(), self.tls.as_ref()).await {
             Ok(Some(ack)) if ack == b"ACK" => {
                 self.touch();
                 true
@@ -563,7 +563,7 @@ impl Node {
                 let mut msg = b"NODE_CLOSED:".to_vec();
                 pickle::encode_into(&v, &mut msg);
                 let _ =
-                    net::request(SocketAddr::new(ip, port), &msg, false, self.msg_timeout()).await;
+                    net::request(SocketAddr::new(ip, port), &msg, false, self.msg_timeout(), self.tls.as_ref()).await;
             }
         }
     }

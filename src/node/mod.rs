@@ -41,6 +41,8 @@ pub enum NodeError {
     },
     #[error("cannot find the Python interpreter {python:?}: {reason}")]
     Python { python: String, reason: String },
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     #[error(transparent)]
     Leftover(#[from] leftovers::LeftoverError),
     #[error("cannot use the state directory: {0}")]
@@ -124,6 +126,8 @@ pub struct Node {
     pub(crate) jobs_changed: Notify,
     /// Undelivered results, kept in the state directory until the client acknowledges them.
     pub(crate) results: Arc<crate::results::ResultStore>,
+    /// TLS for every TCP connection, both ways, when a certfile is configured.
+    pub(crate) tls: Option<crate::tls::Tls>,
     /// Processes we started, for `--clean` after a crash.
     pub(crate) procs: leftovers::ProcRecords,
     _lock: leftovers::StateLock,
@@ -250,6 +254,10 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
         source,
     })?;
     let python = resolve_python(&cfg.python)?;
+    let tls = match &cfg.certfile {
+        Some(c) => Some(crate::tls::Tls::load(c, cfg.keyfile.as_deref())?),
+        None => None,
+    };
     let lock = leftovers::lock_state_dir(&cfg.state_dir)?;
     let procs = leftovers::ProcRecords::open(&cfg.state_dir)?;
     if cfg.clean {
@@ -304,6 +312,7 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
         }),
         results: Arc::new(results),
         procs,
+        tls,
         _lock: lock,
         resending: tokio::sync::Mutex::new(()),
         sign,

@@ -20,11 +20,18 @@ use crate::protocol::message::{ComputeKind, ComputeRequest, Job, XferFile};
 use crate::protocol::pickle::{self, Value};
 use crate::store::{self, Dir};
 
-type Conn = TcpStream;
+type Conn = crate::tls::Stream;
 
 impl Node {
-    pub(crate) async fn serve_connection(self: Arc<Self>, mut s: Conn, peer: SocketAddr) {
+    pub(crate) async fn serve_connection(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr) {
         let t = self.msg_timeout();
+        let mut s: Conn = match crate::tls::accept(self.tls.as_ref(), tcp, t).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::info!(client = %peer, error = %e, "refused connection: TLS handshake failed");
+                return;
+            }
+        };
         let mut prefix = [0u8; AUTH_LEN];
         if let Err(e) = net::read_exact(&mut s, &mut prefix, t).await {
             tracing::debug!(client = %peer, error = %e, "connection dropped before the auth prefix");
