@@ -4,6 +4,7 @@ pub mod limits;
 pub mod net;
 pub mod node;
 pub mod protocol;
+pub mod sandbox;
 pub mod results;
 pub mod store;
 pub mod systemd;

@@ -5,7 +5,13 @@ use std::process::ExitCode;
 use dispynode::config::{self, Command, ConfigError};
 
 fn main() -> ExitCode {
-    let cfg = match config::parse_args(std::env::args_os()) {
+    // The jail helper mode comes first: it is our own binary re-executed to confine a job, and
+    // must not parse options, log, or start threads.
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if argv.get(1).is_some_and(|a| a == dispynode::sandbox::JAIL_ARG) {
+        dispynode::sandbox::jail_main(argv);
+    }
+    let cfg = match config::parse_args(argv) {
         Ok(Command::Run(cfg)) => cfg,
         Ok(Command::SaveConfig { toml, path }) => return save_config(&toml, path.as_deref()),
         Err(ConfigError::Clap(e)) => e.exit(),
@@ -14,7 +20,16 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(cfg.debug);
+    dispynode::systemd::init_logging(cfg.debug);
+    // Sockets, state, sandbox and the privilege drop happen before any thread exists.
+    let prepared = match dispynode::node::prepare(*cfg) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("dispynode: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -25,7 +40,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(dispynode::node::run(*cfg)) {
+    match rt.block_on(dispynode::node::serve(prepared)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
@@ -52,17 +67,4 @@ fn save_config(toml: &str, path: Option<&std::path::Path>) -> ExitCode {
             }
         },
     }
-}
-
-/// Readable lines on stderr; `-d` raises the level to debug.
-fn init_logging(debug: bool) {
-    let filter = if debug { "debug" } else { "info" };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("DISPYNODE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
 }

@@ -160,11 +160,21 @@ impl ResultStore {
     /// never renamed, so the save it belonged to never happened as far as anyone was told.
     ///
     /// Refuses a `results` that is a symlink, so a planted link cannot redirect the writes.
+    /// Missing parents are created with mode 0700 too; the caller normally creates
+    /// `state_dir` itself with the mode it wants.
     pub fn open(state_dir: &Path) -> Result<ResultStore, StoreError> {
         let dir = state_dir.join(RESULTS_DIR);
-        match DirBuilder::new().recursive(true).mode(0o700).create(&dir) {
-            Ok(()) => {}
-            Err(e) => return Err(io_at(&dir)(e)),
+        let created = fs::symlink_metadata(&dir).is_err();
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(io_at(&dir))?;
+        if created {
+            // The new directory's own entry must be durable before results rely on it.
+            File::open(state_dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io_at(state_dir))?;
         }
         let md = fs::symlink_metadata(&dir).map_err(io_at(&dir))?;
         if !md.file_type().is_dir() {
@@ -334,7 +344,8 @@ impl ResultStore {
                 Err(ReadError::Bad(reason)) => scan.corrupt.push(self.corrupt_entry(&p, reason)),
             }
         }
-        scan.results.sort_by(|a, b| a.saved_at.total_cmp(&b.saved_at));
+        scan.results
+            .sort_by(|a, b| a.saved_at.total_cmp(&b.saved_at));
         Ok(scan)
     }
 
@@ -613,13 +624,67 @@ mod tests {
             let s = ResultStore::open(t.path()).expect("open");
             s.save(&r).expect("save");
             // A crash between create and rename leaves a temp file, possibly half written.
-            fs::write(s.dir().join(format!("{TEMP_PREFIX}999_0")), b"DSPYRES\0\x01")
-                .expect("write temp");
+            fs::write(
+                s.dir().join(format!("{TEMP_PREFIX}999_0")),
+                b"DSPYRES\0\x01",
+            )
+            .expect("write temp");
             assert_eq!(s.list().expect("list"), vec![r.clone()]);
         }
         let s = ResultStore::open(t.path()).expect("reopen");
         assert_eq!(s.list().expect("list"), vec![r]);
         assert!(files(s.dir()).iter().all(|n| !n.starts_with(TEMP_PREFIX)));
+    }
+
+    /// Runs only as the child of `sigkill_mid_save_loses_nothing_saved`: saves results in a
+    /// loop until killed.
+    #[test]
+    fn crash_child() {
+        let Some(dir) = std::env::var_os("DISPYNODE_RESULTS_CRASH_DIR") else {
+            return;
+        };
+        let s = ResultStore::open(Path::new(&dir)).expect("open");
+        for i in 0..1_000_000 {
+            let payload = vec![(i % 251) as u8; 64 * 1024 + i as usize % 1000];
+            s.save(&result(1, i, &format!("h{i}"), &payload))
+                .expect("save");
+        }
+    }
+
+    #[test]
+    fn sigkill_mid_save_loses_nothing_saved() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let exe = std::env::current_exe().expect("test binary");
+        let mut child = std::process::Command::new(exe)
+            .args(["--exact", "results::tests::crash_child", "--nocapture"])
+            .env("DISPYNODE_RESULTS_CRASH_DIR", t.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn child");
+        let dir = t.path().join(RESULTS_DIR);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let n = fs::read_dir(&dir).map(|d| d.count()).unwrap_or(0);
+            if n >= 30 {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "child saved nothing");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        child.kill().expect("SIGKILL");
+        child.wait().expect("wait");
+
+        let s = ResultStore::open(t.path()).expect("reopen");
+        assert!(files(s.dir()).iter().all(|n| !n.starts_with(TEMP_PREFIX)));
+        let scan = s.scan().expect("scan");
+        assert!(scan.corrupt.is_empty(), "{:?}", scan.corrupt);
+        assert!(scan.results.len() >= 29, "{}", scan.results.len());
+        for r in &scan.results {
+            assert_eq!(r.hash, format!("h{}", r.uid));
+            assert_eq!(r.payload.len(), 64 * 1024 + r.uid as usize % 1000);
+            assert!(r.payload.iter().all(|&b| b == (r.uid % 251) as u8));
+        }
     }
 
     #[test]
@@ -733,10 +798,7 @@ mod tests {
         let s = ResultStore::open(t.path()).expect("open");
         s.save(&result(1, 2, "h", b"x")).expect("save");
         fs::rename(s.path_for(1, 2, "h"), s.path_for(1, 3, "h")).expect("rename");
-        assert!(matches!(
-            s.get(1, 3, "h"),
-            Err(StoreError::Corrupt { .. })
-        ));
+        assert!(matches!(s.get(1, 3, "h"), Err(StoreError::Corrupt { .. })));
         s.save(&result(1, 2, "h", b"x")).expect("save");
         fs::rename(s.path_for(1, 2, "h"), s.path_for(1, 4, "h")).expect("rename");
         let scan = s.scan().expect("scan");
@@ -766,10 +828,7 @@ mod tests {
         let target = t.path().join("elsewhere");
         fs::write(&target, b"secret").expect("write");
         symlink(&target, s.path_for(1, 2, "h")).expect("symlink");
-        assert!(matches!(
-            s.get(1, 2, "h"),
-            Err(StoreError::Corrupt { .. })
-        ));
+        assert!(matches!(s.get(1, 2, "h"), Err(StoreError::Corrupt { .. })));
         assert_eq!(fs::read(&target).expect("read"), b"secret");
 
         let t2 = tempfile::tempdir().expect("tempdir");
@@ -830,6 +889,9 @@ mod tests {
         let mut r = result(1, 2, "h", b"x");
         r.saved_at = f64::NAN;
         s.save(&r).expect("save");
-        assert_eq!(s.get(1, 2, "h").expect("get").map(|r| r.saved_at), Some(0.0));
+        assert_eq!(
+            s.get(1, 2, "h").expect("get").map(|r| r.saved_at),
+            Some(0.0)
+        );
     }
 }

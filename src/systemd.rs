@@ -125,8 +125,8 @@ impl Activated {
 /// process): the caller then binds its own sockets. Passed sockets are marked close-on-exec, so
 /// jobs never inherit them.
 ///
-/// Call it once, before any thread is started: it removes `LISTEN_PID` and `LISTEN_FDS` from the
-/// environment (so that jobs do not believe they were activated), and environment writes race
+/// Call it once, before any thread is started: it removes `LISTEN_PID`, `LISTEN_FDS` and
+/// `LISTEN_FDNAMES` from the environment (so that jobs do not believe they were activated), and environment writes race
 /// with reads in other threads.
 ///
 /// # Errors
@@ -134,6 +134,8 @@ impl Activated {
 /// loudly beats serving half of the protocol.
 pub fn take_activated_sockets() -> Result<Option<Activated>, SystemdError> {
     let mut fds = listenfd::ListenFd::from_env();
+    // listenfd removes LISTEN_PID and LISTEN_FDS; the names belong with them.
+    std::env::remove_var("LISTEN_FDNAMES");
     if fds.len() == 0 {
         return Ok(None);
     }
@@ -172,12 +174,13 @@ impl FdSource for listenfd::ListenFd {
 fn collect_sockets(src: &mut impl FdSource) -> Result<Activated, SystemdError> {
     let mut tcp = Vec::new();
     let mut udp = Vec::new();
-    let mut addrs: Vec<SocketAddr> = Vec::new();
+    // (kind, address) in the order systemd passed them, for the port check and its message.
+    let mut addrs: Vec<(&str, SocketAddr)> = Vec::new();
     for index in 0..src.count() {
         let setup = |source| SystemdError::Setup { index, source };
         // listenfd checks the family (AF_INET or AF_INET6) and type, and leaves the descriptor
         // in place when they do not match, so the second attempt sees it again.
-        match src.take_tcp(index) {
+        let tcp_err = match src.take_tcp(index) {
             Ok(Some(l)) => {
                 let addr = l.local_addr().map_err(setup)?;
                 if !socket2::SockRef::from(&l).is_listener().map_err(setup)? {
@@ -187,27 +190,28 @@ fn collect_sockets(src: &mut impl FdSource) -> Result<Activated, SystemdError> {
                     });
                 }
                 l.set_nonblocking(true).map_err(setup)?;
-                addrs.push(addr);
+                addrs.push(("tcp", addr));
                 tcp.push(l);
                 continue;
             }
             Ok(None) => continue,
-            Err(tcp_err) => match src.take_udp(index) {
-                Ok(Some(u)) => {
-                    addrs.push(u.local_addr().map_err(setup)?);
-                    u.set_nonblocking(true).map_err(setup)?;
-                    udp.push(u);
-                }
-                Ok(None) => continue,
-                Err(udp_err) => {
-                    return Err(SystemdError::Unsupported {
-                        index,
-                        fd: src.raw_fd(index),
-                        tcp: tcp_err,
-                        udp: udp_err,
-                    })
-                }
-            },
+            Err(e) => e,
+        };
+        match src.take_udp(index) {
+            Ok(Some(u)) => {
+                addrs.push(("udp", u.local_addr().map_err(setup)?));
+                u.set_nonblocking(true).map_err(setup)?;
+                udp.push(u);
+            }
+            Ok(None) => {}
+            Err(udp_err) => {
+                return Err(SystemdError::Unsupported {
+                    index,
+                    fd: src.raw_fd(index),
+                    tcp: tcp_err,
+                    udp: udp_err,
+                })
+            }
         }
     }
     if tcp.is_empty() {
@@ -216,13 +220,11 @@ fn collect_sockets(src: &mut impl FdSource) -> Result<Activated, SystemdError> {
     if udp.is_empty() {
         return Err(SystemdError::MissingUdp { tcp: tcp.len() });
     }
-    let port = addrs[0].port();
-    if addrs.iter().any(|a| a.port() != port) {
-        let kinds =
-            std::iter::repeat_n("tcp", tcp.len()).chain(std::iter::repeat_n("udp", udp.len()));
-        let addrs = kinds
-            .zip(&addrs)
-            .map(|(k, a)| format!("{k} {a}"))
+    let port = addrs[0].1.port();
+    if addrs.iter().any(|(_, a)| a.port() != port) {
+        let addrs = addrs
+            .iter()
+            .map(|(kind, a)| format!("{kind} {a}"))
             .collect::<Vec<_>>()
             .join(", ");
         return Err(SystemdError::PortMismatch { addrs });
@@ -359,7 +361,7 @@ impl Notifier {
         match NotifyState::monotonic_usec_now() {
             Ok(now) => self.send(&[NotifyState::Reloading, now]),
             Err(_) => self.send(&[NotifyState::Reloading]),
-        }
+        };
     }
 
     /// `STOPPING=1`: shutdown has begun (systemd then shows the unit as deactivating).
@@ -380,7 +382,14 @@ impl Notifier {
             }
             last.clone_from(&text);
         }
-        self.send(&[NotifyState::Status(&text)]);
+        if !self.send(&[NotifyState::Status(&text)]) {
+            // Not delivered: let the next call with the same text try again.
+            inner
+                .last_status
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clear();
+        }
     }
 
     /// `WATCHDOG=1`: "still alive". Call it every [`Notifier::watchdog_interval`] from the loop
@@ -392,12 +401,14 @@ impl Notifier {
         }
     }
 
-    /// Sends one datagram with `states`, one per line.
-    fn send(&self, states: &[NotifyState<'_>]) {
-        let Some(inner) = &self.inner else { return };
+    /// Sends one datagram with `states`, one per line; whether it was sent.
+    fn send(&self, states: &[NotifyState<'_>]) -> bool {
+        let Some(inner) = &self.inner else {
+            return false;
+        };
         let msg: String = states.iter().map(|s| format!("{s}\n")).collect();
         let Err(e) = inner.sock.send_to_addr(msg.as_bytes(), &inner.addr) else {
-            return;
+            return true;
         };
         let first = !inner.warned.swap(true, Ordering::Relaxed);
         let what = msg.trim_end().replace('\n', " ");
@@ -406,6 +417,7 @@ impl Notifier {
         } else {
             tracing::debug!(error = %e, socket = ?inner.name, "cannot notify systemd ({what})");
         }
+        false
     }
 }
 
@@ -660,6 +672,13 @@ mod tests {
     fn udp(addr: &str) -> Fake {
         Fake::Udp(UdpSocket::bind(addr).expect("bind udp"))
     }
+    fn port_of(f: &Fake) -> u16 {
+        match f {
+            Fake::Tcp(l) => l.local_addr().unwrap().port(),
+            Fake::Udp(u) => u.local_addr().unwrap().port(),
+            Fake::Other => 0,
+        }
+    }
     /// A TCP listener and a UDP socket on the same free port.
     fn pair() -> (Fake, Fake) {
         for _ in 0..100 {
@@ -746,18 +765,17 @@ mod tests {
     fn sockets_on_different_ports_are_refused() {
         let (t, _) = pair();
         let (_, u) = pair();
-        let e = collect_sockets(&mut FakeFds::new([t, u])).unwrap_err();
+        let (tp, up) = (port_of(&t), port_of(&u));
+        let e = collect_sockets(&mut FakeFds::new([u, t])).unwrap_err();
         assert!(matches!(e, SystemdError::PortMismatch { .. }), "{e:?}");
-        assert!(e.to_string().contains("tcp 127.0.0.1:"), "{e}");
+        let want = format!("udp 127.0.0.1:{up}, tcp 127.0.0.1:{tp}");
+        assert!(e.to_string().contains(&want), "{e}");
     }
 
     #[test]
     fn several_addresses_on_one_port_are_fine() {
         let (t1, u1) = pair();
-        let port = match &t1 {
-            Fake::Tcp(l) => l.local_addr().unwrap().port(),
-            _ => unreachable!(),
-        };
+        let port = port_of(&t1);
         let Ok(t2) = TcpListener::bind(("127.0.0.2", port)) else {
             return; // 127.0.0.2 not routable here; nothing to test
         };
@@ -880,6 +898,20 @@ mod tests {
             m.pending(),
             ["STATUS=a\n", "STATUS=b c\n", "STATUS=a\n"].map(String::from)
         );
+    }
+
+    #[test]
+    fn a_status_that_was_not_delivered_is_sent_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("notify");
+        let n = Notifier::new(path.as_os_str(), None).expect("notifier");
+        n.status("busy"); // nobody listens yet
+        let sock = UnixDatagram::bind(&path).expect("bind");
+        sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        n.status("busy");
+        let mut buf = [0u8; 64];
+        let len = sock.recv(&mut buf).expect("STATUS");
+        assert_eq!(&buf[..len], b"STATUS=busy\n");
     }
 
     #[test]

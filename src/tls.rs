@@ -56,9 +56,15 @@ pub enum TlsError {
     #[error("{path}: the private key is encrypted; dispynode needs an unencrypted key (e.g. `openssl pkey -in KEY -out PLAIN`)")]
     EncryptedKey { path: PathBuf },
     #[error("{path}: unusable private key: {source}")]
-    BadKey { path: PathBuf, source: rustls::Error },
+    BadKey {
+        path: PathBuf,
+        source: rustls::Error,
+    },
     #[error("{path}: unusable certificate: {source}")]
-    BadCertificate { path: PathBuf, source: rustls::Error },
+    BadCertificate {
+        path: PathBuf,
+        source: rustls::Error,
+    },
     #[error("the private key in {keyfile} does not belong to the certificate in {certfile}")]
     KeyMismatch { certfile: PathBuf, keyfile: PathBuf },
     #[error("TLS configuration: {0}")]
@@ -514,14 +520,20 @@ mod tests {
         let cert = dir.join(format!("{name}.crt"));
         let key = dir.join(format!("{name}.key"));
         let out = Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"])
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            ])
             .args(["-subj", "/CN=dispy", "-keyout"])
             .arg(&key)
             .arg("-out")
             .arg(&cert)
             .output()
             .expect("openssl is needed by the TLS tests (Debian package `openssl`)");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         (cert, key)
     }
 
@@ -543,7 +555,10 @@ mod tests {
         assert_eq!(tlv(&[0x30]), None);
         assert_eq!(tlv(&[0x30, 0x05, 1, 2]), None);
         assert_eq!(tlv(&[0x30, 0x85, 0, 0, 0, 0, 1]), None);
-        assert_eq!(tlv(&[0x30, 0x81, 0x01, 9, 7]), Some((0x30, &[9u8][..], &[7u8][..])));
+        assert_eq!(
+            tlv(&[0x30, 0x81, 0x01, 9, 7]),
+            Some((0x30, &[9u8][..], &[7u8][..]))
+        );
         assert_eq!(validity(b"garbage"), None);
         assert_eq!(validity(&[]), None);
     }
@@ -576,13 +591,19 @@ mod tests {
         let name = server_name_for("10.1.2.3".parse().expect("ip"));
         let (nb, na) = validity(der.as_ref()).expect("validity");
         let at = |t: i64| UnixTime::since_unix_epoch(Duration::from_secs(t as u64));
-        assert!(v.verify_server_cert(&der, &[], &name, &[], at(nb + 60)).is_ok());
+        assert!(v
+            .verify_server_cert(&der, &[], &name, &[], at(nb + 60))
+            .is_ok());
         // Any name at all: no hostname check.
         let dns = ServerName::try_from("not-the-cn.example").expect("name");
-        assert!(v.verify_server_cert(&der, &[], &dns, &[], at(nb + 60)).is_ok());
+        assert!(v
+            .verify_server_cert(&der, &[], &dns, &[], at(nb + 60))
+            .is_ok());
         assert!(matches!(
             v.verify_server_cert(&other, &[], &name, &[], at(nb + 60)),
-            Err(rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer))
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::UnknownIssuer
+            ))
         ));
         assert!(matches!(
             v.verify_server_cert(&der, &[], &name, &[], at(na + 1)),
@@ -590,7 +611,9 @@ mod tests {
         ));
         assert!(matches!(
             v.verify_server_cert(&der, &[], &name, &[], at(nb - 1)),
-            Err(rustls::Error::InvalidCertificate(CertificateError::NotValidYet))
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidYet
+            ))
         ));
         assert!(!v.supported_verify_schemes().is_empty());
     }

@@ -3,14 +3,12 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use serde_json::{json, Value as Json};
-use tokio::process::Command;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::worker::JobEvent;
@@ -115,14 +113,10 @@ impl Node {
     /// Runs a program job: `[interpreter] <program> args...` in the computation directory,
     /// in a process group of its own so that termination reaches its children too.
     pub(crate) fn start_program_job(self: &Arc<Self>, id: u64, job: &Job, dir: &std::path::Path) {
-        let (program, node_ip, name) = {
+        let (program, node_ip, comp_cg) = {
             let st = self.lock();
             match st.computations.get(&job.compute_id) {
-                Some(c) => (
-                    c.compute.name.clone(),
-                    c.compute.node_ip_addr.clone(),
-                    self.cfg.name.clone(),
-                ),
+                Some(c) => (c.compute.name.clone(), c.compute.node_ip_addr.clone(), c.cgroup.clone()),
                 None => return,
             }
         };
@@ -130,38 +124,28 @@ impl Node {
             Ok(a) => a,
             Err(e) => {
                 let n = self.clone();
-                tokio::spawn(async move {
-                    n.finish_job(
-                        id,
-                        Outcome::Failed(format!("invalid program arguments: {e}")),
-                    )
-                    .await
-                });
+                tokio::spawn(async move { n.finish_job(id, Outcome::Failed(format!("invalid program arguments: {e}"))).await });
                 return;
             }
         };
         let mut argv: Vec<String> = Vec::new();
         let lower = program.to_ascii_lowercase();
         if lower.ends_with(".py") {
-            argv.push(self.python.clone());
+            argv.push(self.python.exe.clone());
         } else if lower.ends_with(".java") {
             argv.push("java".into());
         }
         argv.push(program);
         argv.extend(args);
-        let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into());
-        let mut cmd = Command::new(&argv[0]);
-        cmd.args(&argv[1..])
-            .current_dir(dir)
-            .env("PATH", format!("{}:{path}", dir.display()))
-            .env("dispy_job_path", dir)
-            .env("dispy_node_ip_addr", node_ip)
-            .env("dispy_node_name", name)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
+        let cgroup = self.leaf_cgroup(comp_cg.as_ref(), &format!("j{id}"));
+        // The job's environment: what the reference gives programs (§3.2), nothing of ours.
+        let env = vec![
+            ("dispy_job_path".to_owned(), dir.display().to_string()),
+            ("dispy_node_ip_addr".to_owned(), node_ip),
+            ("dispy_node_name".to_owned(), self.cfg.name.clone()),
+        ];
+        let rest: Vec<&std::ffi::OsStr> = argv[1..].iter().map(|a| a.as_ref()).collect();
+        let mut cmd = self.jailed(dir, cgroup.as_ref().map(|c| c.path().to_owned()), env, Some(dir), &argv[0], &rest);
         let child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => {
@@ -174,6 +158,7 @@ impl Node {
         let pid = child.id().and_then(|p| i32::try_from(p).ok());
         if let Some(j) = self.lock().jobs.get_mut(&id) {
             j.pid = pid;
+            j.cgroup = cgroup.clone();
         }
         if let Some(pid) = pid {
             self.procs.add(pid);
@@ -183,18 +168,25 @@ impl Node {
             let waited = child.wait_with_output().await;
             if let Some(pid) = pid {
                 n.procs.remove(pid);
+                // Whatever the program left running in its process group goes with it.
+                let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
             }
+            let limit_hit = match cgroup {
+                Some(cg) => super::spawning::retire_cgroup(cg).await,
+                None => None,
+            };
             let outcome = match waited {
                 Ok(out) => {
                     use std::os::unix::process::ExitStatusExt;
-                    let code = out
-                        .status
-                        .code()
-                        .unwrap_or_else(|| -out.status.signal().unwrap_or(0));
-                    Outcome::Program {
-                        code,
-                        stdout: out.stdout,
-                        stderr: out.stderr,
+                    let code = out.status.code().unwrap_or_else(|| -out.status.signal().unwrap_or(0));
+                    let jail_failed = out.status.code().and_then(crate::sandbox::describe_exit_code).is_some()
+                        && out.stderr.starts_with(b"dispynode-jail:");
+                    if jail_failed {
+                        Outcome::Failed(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+                    } else if let Some(reason) = limit_hit {
+                        Outcome::Failed(format!("job killed: it exceeded its {reason}"))
+                    } else {
+                        Outcome::Program { code, stdout: out.stdout, stderr: out.stderr }
                     }
                 }
                 Err(e) => Outcome::Failed(format!("waiting for the program failed: {e}")),
@@ -205,6 +197,10 @@ impl Node {
 
     /// Terminates a running job; its Terminated reply follows through `finish_job`.
     pub(crate) async fn terminate_job(self: &Arc<Self>, id: u64) {
+        let job_cgroup = self.lock().jobs.get(&id).and_then(|j| j.cgroup.clone());
+        if let Some(cg) = job_cgroup {
+            let _ = tokio::task::spawn_blocking(move || cg.kill()).await;
+        }
         let (worker, pid, kind_program) = {
             let mut st = self.lock();
             let Some(j) = st.jobs.get_mut(&id) else {
@@ -467,7 +463,14 @@ impl Node {
             }
             w.reap(Duration::from_secs(2)).await;
         }
+        if let Some(cg) = c.cgroup.clone() {
+            super::spawning::retire_computation_cgroup(cg).await;
+        }
         let shared = self.lock().computations.values().any(|o| o.dir == c.dir);
+        if !shared {
+            // The jobs' private TMPDIR is ours, whatever the client's cleanup setting.
+            let _ = store::remove_tree(&c.dir.join(".tmp"));
+        }
         if c.compute.cleanup.removes_files() {
             if shared {
                 remove_files(&c.dir, &c.file_uses.keys().cloned().collect::<Vec<_>>());
@@ -514,16 +517,11 @@ impl Node {
     /// CLOSE with close=False (the client's resetup_node): a fresh worker, setup again, and
     /// NODE_CLOSED to the scheduler.
     pub(crate) async fn resetup_computation(self: &Arc<Self>, compute_id: i64) {
-        let Some((compute, dir, reply_ip, old)) =
+        let Some((compute, dir, reply_ip, old, cgroup)) =
             self.lock().computations.get_mut(&compute_id).map(|c| {
                 c.closing = false;
                 c.setup_done = false;
-                (
-                    c.compute.clone(),
-                    c.dir.clone(),
-                    c.reply_ip.clone(),
-                    c.worker.take(),
-                )
+                (c.compute.clone(), c.dir.clone(), c.reply_ip.clone(), c.worker.take(), c.cgroup.clone())
             })
         else {
             return;
@@ -535,7 +533,7 @@ impl Node {
             w.reap(Duration::from_secs(2)).await;
         }
         if compute.kind == message::ComputeKind::Function {
-            match self.start_worker(&compute, &dir, &reply_ip).await {
+            match self.start_worker(&compute, &dir, &reply_ip, cgroup.as_ref()).await {
                 Ok(w) => {
                     if let Some(c) = self.lock().computations.get_mut(&compute_id) {
                         c.worker = Some(w);

@@ -6,6 +6,7 @@ mod discovery;
 mod jobs;
 pub mod leftovers;
 mod requests;
+mod spawning;
 mod timers;
 pub mod worker;
 
@@ -49,6 +50,14 @@ pub enum NodeError {
     State(#[from] crate::results::StoreError),
     #[error("signal handling: {0}")]
     Signal(std::io::Error),
+    #[error("runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error(transparent)]
+    Systemd(#[from] crate::systemd::SystemdError),
+    #[error("dropping privileges: {0}")]
+    Privilege(#[from] crate::sandbox::PrivilegeError),
+    #[error("started as root, but the account --user {user} / --group {group} does not exist")]
+    Account { user: String, group: String },
 }
 
 /// One address the node serves on, and the address it announces for it (NAT: ext_ip_addr).
@@ -79,6 +88,8 @@ pub(crate) struct Computation {
     /// Use counts of transferred files (relative to `dir`), as the reference keeps them.
     pub file_uses: HashMap<PathBuf, u32>,
     pub closing: bool,
+    /// The computation's cgroup (worker and program jobs below it), with cgroup v2.
+    pub cgroup: Option<crate::sandbox::cgroup::ComputationCgroup>,
 }
 
 /// A job from JOB until its reply is handed to the network.
@@ -95,6 +106,8 @@ pub(crate) struct RunningJob {
     pub xfer_files: Vec<PathBuf>,
     /// The job has ended and its reply is being delivered (or saved).
     pub finishing: bool,
+    /// The job's own cgroup (program jobs, with cgroup v2).
+    pub cgroup: Option<crate::sandbox::JobCgroup>,
 }
 
 pub(crate) struct State {
@@ -120,7 +133,9 @@ pub struct Node {
     pub(crate) auth: [u8; AUTH_LEN],
     pub(crate) addrs: Vec<NodeAddr>,
     pub(crate) platform: String,
-    pub(crate) python: String,
+    pub(crate) python: Python,
+    pub(crate) sandbox: Sandbox,
+    pub(crate) notifier: crate::systemd::Notifier,
     pub(crate) state: Mutex<State>,
     /// Woken whenever a job ends, for CLOSE waiting on its computation's jobs.
     pub(crate) jobs_changed: Notify,
@@ -166,34 +181,55 @@ impl Node {
             .or_else(|| self.addrs.iter().find(|a| a.matches(node_ip_addr)))
     }
 
+    /// Feeds the systemd watchdog and updates `systemctl status`; taking the state lock
+    /// proves the node is not wedged.
+    pub(crate) fn heartbeat(&self) {
+        let status = {
+            let st = self.lock();
+            crate::systemd::NodeStatus {
+                client: st.scheduler.as_ref().map(|s| s.0.as_str()),
+                computations: st.computations.len(),
+                jobs_running: st.jobs.len(),
+                cpus_free: st.avail_cpus,
+                cpus: self.cfg.cpus,
+            }
+            .to_string()
+        };
+        self.notifier.status(&status);
+        self.notifier.watchdog();
+    }
+
     /// Asks the node to stop (after the current request).
     pub fn request_shutdown(&self) {
         let _ = self.shutdown_tx.send(true);
     }
 }
 
-/// Resolves the interpreter once at start, so a broken setup fails loudly and early rather
-/// than at the first computation.
-fn resolve_python(python: &str) -> Result<String, NodeError> {
+/// The Python interpreter of function computations, resolved once at start (as the user the
+/// jobs run as), so a broken setup fails loudly and early rather than at the first computation.
+#[derive(Debug, Clone)]
+pub struct Python {
+    /// `sys.executable`: the real interpreter, not a shim.
+    pub exe: String,
+    /// `sys.prefix` and `sys.base_prefix`: what jobs must be able to read.
+    pub prefixes: Vec<PathBuf>,
+}
+
+fn resolve_python(python: &str) -> Result<Python, NodeError> {
+    let err = |reason: String| NodeError::Python { python: python.to_owned(), reason };
     let out = std::process::Command::new(python)
-        .args(["-c", "import sys; print(sys.executable)"])
+        .args(["-c", "import sys; print(sys.executable); print(sys.prefix); print(sys.base_prefix)"])
         .output()
-        .map_err(|e| NodeError::Python {
-            python: python.to_owned(),
-            reason: e.to_string(),
-        })?;
+        .map_err(|e| err(e.to_string()))?;
     if !out.status.success() {
-        return Err(NodeError::Python {
-            python: python.to_owned(),
-            reason: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        });
+        return Err(err(String::from_utf8_lossy(&out.stderr).trim().to_owned()));
     }
-    let exe = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    Ok(if exe.is_empty() {
-        python.to_owned()
-    } else {
-        exe
-    })
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    let exe = lines.next().map(str::to_owned).ok_or_else(|| err("no sys.executable".into()))?;
+    let mut prefixes: Vec<PathBuf> = lines.map(PathBuf::from).collect();
+    prefixes.dedup();
+    Ok(Python { exe, prefixes })
 }
 
 /// The first non-loopback IPv4 address of the host, for announcing when no `-i` was given.
@@ -246,26 +282,132 @@ fn node_addrs(cfg: &Config) -> Vec<NodeAddr> {
         .collect()
 }
 
-/// Prepares the prefix, binds the sockets and serves until SIGTERM/SIGINT.
-pub async fn run(cfg: Config) -> Result<(), NodeError> {
+/// Everything set up before the async runtime starts: sockets (bound or passed by systemd),
+/// directories, lock, TLS, sandbox facilities, and the privilege drop. Done single-threaded,
+/// because taking systemd's sockets and dropping privileges must happen before threads exist.
+pub struct Prepared {
+    cfg: Config,
+    tcp: Vec<std::net::TcpListener>,
+    udp: Vec<std::net::UdpSocket>,
+    addrs: Vec<NodeAddr>,
+    python: Python,
+    tls: Option<crate::tls::Tls>,
+    lock: leftovers::StateLock,
+    procs: leftovers::ProcRecords,
+    results: crate::results::ResultStore,
+    saved_results: usize,
+    sandbox: Sandbox,
+    notifier: crate::systemd::Notifier,
+}
+
+/// What isolates jobs on this host, found once at start.
+pub struct Sandbox {
+    pub landlock: crate::sandbox::LandlockReport,
+    pub cgroups: Option<crate::sandbox::CgroupTree>,
+    /// Paths jobs must never read even when under a granted directory.
+    pub deny: Vec<PathBuf>,
+}
+
+fn prefix_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> NodeError + '_ {
+    move |source| NodeError::Prefix { path: path.to_owned(), source }
+}
+
+/// Makes `dir` (and missing parents) and, when we are root about to become `owner`, gives it
+/// to that account so the node can still write there after the drop.
+fn make_owned_dir(dir: &std::path::Path, mode: u32, owner: Option<(u32, u32)>) -> Result<(), NodeError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).map_err(prefix_err(dir))?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(dir, Some(uid), Some(gid)).map_err(prefix_err(dir))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).map_err(prefix_err(dir))?;
+    }
+    Ok(())
+}
+
+/// The account a root-started node drops to. The default account falls back to `nobody` when
+/// it does not exist (a hand start on a host without the package's sysusers entry).
+fn target_account(cfg: &Config) -> Result<Option<(String, String, u32, u32)>, NodeError> {
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(None);
+    }
+    let lookup = |user: &str, group: &str| -> Option<(u32, u32)> {
+        let u = nix::unistd::User::from_name(user).ok()??;
+        let g = nix::unistd::Group::from_name(group).ok()??;
+        Some((u.uid.as_raw(), g.gid.as_raw()))
+    };
+    if let Some((uid, gid)) = lookup(&cfg.user, &cfg.group) {
+        return Ok(Some((cfg.user.clone(), cfg.group.clone(), uid, gid)));
+    }
+    if cfg.user == crate::config::DEFAULT_ACCOUNT && cfg.group == crate::config::DEFAULT_ACCOUNT {
+        if let Some((uid, gid)) = lookup("nobody", "nogroup") {
+            tracing::warn!("user {} does not exist: jobs will run as nobody/nogroup", cfg.user);
+            return Ok(Some(("nobody".into(), "nogroup".into(), uid, gid)));
+        }
+    }
+    Err(NodeError::Account { user: cfg.user.clone(), group: cfg.group.clone() })
+}
+
+/// Binds (or takes from systemd) the sockets, prepares state and sandbox, drops privileges.
+pub fn prepare(cfg: Config) -> Result<Prepared, NodeError> {
+    let notifier = crate::systemd::Notifier::from_env();
+    let activated = crate::systemd::take_activated_sockets()?;
     let prefix = cfg.dest_path_prefix.clone();
-    std::fs::create_dir_all(&prefix).map_err(|source| NodeError::Prefix {
-        path: prefix.clone(),
-        source,
-    })?;
-    let python = resolve_python(&cfg.python)?;
+    let account = target_account(&cfg)?;
+    let owner = account.as_ref().map(|a| (a.2, a.3));
+    make_owned_dir(&prefix, 0o711, owner)?;
+    make_owned_dir(&cfg.state_dir, 0o700, owner)?;
     let tls = match &cfg.certfile {
         Some(c) => Some(crate::tls::Tls::load(c, cfg.keyfile.as_deref())?),
         None => None,
     };
+    let addrs = node_addrs(&cfg);
+    let (tcp, udp) = match activated {
+        Some(a) => {
+            tracing::info!(sockets = ?a.local_addrs(), "using the sockets passed by systemd");
+            (a.tcp, a.udp)
+        }
+        None => {
+            let mut tcp = Vec::new();
+            let mut udp = Vec::new();
+            for a in &addrs {
+                let sa = SocketAddr::new(a.bind, cfg.node_port);
+                tcp.push(crate::net::bind_tcp(sa).map_err(|source| NodeError::Bind { addr: sa, source })?);
+                udp.push(crate::net::bind_udp(sa).map_err(|source| NodeError::Bind { addr: sa, source })?);
+            }
+            (tcp, udp)
+        }
+    };
+    let landlock = crate::sandbox::probe();
+    tracing::info!("{landlock}");
+    let cgroups = match crate::sandbox::CgroupTree::detect_system() {
+        Ok(mut t) => match t.prepare() {
+            Ok(()) => {
+                tracing::info!(root = %t.root().display(), controllers = ?t.controllers(), "cgroup v2 delegated: one cgroup per job");
+                Some(t)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cgroup v2 setup failed; falling back to process groups");
+                None
+            }
+        },
+        Err(e) => {
+            tracing::warn!("{e}");
+            None
+        }
+    };
+    if let Some((user, group, _, _)) = &account {
+        let dropped = crate::sandbox::drop_daemon_privileges(user, group)?;
+        tracing::info!("{dropped}");
+    }
+    // As the account that runs the jobs, so a root-only interpreter is refused here.
+    let python = resolve_python(&cfg.python)?;
     let lock = leftovers::lock_state_dir(&cfg.state_dir)?;
     let procs = leftovers::ProcRecords::open(&cfg.state_dir)?;
     if cfg.clean {
         let killed = procs.kill_leftovers();
-        let removed = leftovers::clean_prefix(&prefix, &cfg.state_dir)
-            .map_err(|source| NodeError::Prefix { path: prefix.clone(), source })?;
+        let removed = leftovers::clean_prefix(&prefix, &cfg.state_dir).map_err(prefix_err(&prefix))?;
         let results_dir = cfg.state_dir.join("results");
-        crate::store::remove_tree(&results_dir).map_err(|source| NodeError::Prefix { path: results_dir, source })?;
+        crate::store::remove_tree(&results_dir).map_err(prefix_err(&results_dir))?;
         tracing::info!(killed, removed, "--clean: removed what an earlier run left");
     } else {
         let left = procs.leftovers();
@@ -278,24 +420,42 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
     if saved_results > 0 {
         tracing::info!(count = saved_results, "undelivered results from an earlier run will be resent");
     }
-    let addrs = node_addrs(&cfg);
+    let mut deny = vec![cfg.dest_path_prefix.clone(), cfg.state_dir.clone()];
+    deny.extend(cfg.config_file.iter().filter_map(|f| f.parent().map(std::path::Path::to_path_buf)));
+    deny.extend(cfg.keyfile.iter().cloned());
+    deny.extend(cfg.certfile.iter().cloned());
+    deny.extend(cfg.secret_file.iter().cloned());
+    Ok(Prepared {
+        tcp,
+        udp,
+        addrs,
+        python,
+        tls,
+        lock,
+        procs,
+        results,
+        saved_results,
+        sandbox: Sandbox { landlock, cgroups, deny },
+        notifier,
+        cfg,
+    })
+}
+
+/// Serves until SIGTERM/SIGINT (or the serve count runs out).
+pub async fn serve(p: Prepared) -> Result<(), NodeError> {
+    let Prepared { cfg, tcp, udp, addrs, python, tls, lock, procs, results, saved_results, sandbox, notifier } = p;
+    let tcp: Vec<TcpListener> = tcp
+        .into_iter()
+        .map(|l| TcpListener::from_std(l).map_err(NodeError::Runtime))
+        .collect::<Result<_, _>>()?;
+    let udp: Vec<UdpSocket> = udp
+        .into_iter()
+        .map(|u| UdpSocket::from_std(u).map_err(NodeError::Runtime))
+        .collect::<Result<_, _>>()?;
     let mut random = [0u8; 20];
     rand::Rng::fill(&mut rand::thread_rng(), &mut random);
-    let sign = auth::make_sign(
-        &random,
-        &addrs.iter().map(|a| a.announce.clone()).collect::<Vec<_>>(),
-    );
+    let sign = auth::make_sign(&random, &addrs.iter().map(|a| a.announce.clone()).collect::<Vec<_>>());
     let node_auth = auth::auth_code(&cfg.secret, &sign);
-
-    let mut tcp = Vec::new();
-    let mut udp = Vec::new();
-    for a in &addrs {
-        let sa = SocketAddr::new(a.bind, cfg.node_port);
-        let l = crate::net::bind_tcp(sa).map_err(|source| NodeError::Bind { addr: sa, source })?;
-        tcp.push(TcpListener::from_std(l).map_err(|source| NodeError::Bind { addr: sa, source })?);
-        let u = crate::net::bind_udp(sa).map_err(|source| NodeError::Bind { addr: sa, source })?;
-        udp.push(UdpSocket::from_std(u).map_err(|source| NodeError::Bind { addr: sa, source })?);
-    }
 
     let (shutdown_tx, mut shutdown_rx) = watch::channel(false);
     let node = Arc::new(Node {
@@ -313,6 +473,8 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
         results: Arc::new(results),
         procs,
         tls,
+        sandbox,
+        notifier,
         _lock: lock,
         resending: tokio::sync::Mutex::new(()),
         sign,
@@ -326,26 +488,35 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
         shutdown_tx,
     });
     tracing::info!(
-        addrs = ?node.addrs.iter().map(|a| format!("{}:{}", a.bind, node.cfg.node_port)).collect::<Vec<_>>(),
+        addrs = ?tcp.iter().filter_map(|l| l.local_addr().ok()).collect::<Vec<_>>(),
         cpus = node.cfg.cpus,
         prefix = %node.cfg.dest_path_prefix.display(),
-        python = %node.python,
+        python = %node.python.exe,
         "dispynode {} serving (dispy {} protocol)",
         env!("CARGO_PKG_VERSION"),
         crate::protocol::message::VERSION
     );
 
     let slots = Arc::new(tokio::sync::Semaphore::new(crate::limits::MAX_CONNECTIONS));
-    for l in tcp {
+    for (i, l) in tcp.into_iter().enumerate() {
         let n = node.clone();
         let slots = slots.clone();
         tokio::spawn(async move {
+            // The watchdog is fed from the first accept loop itself: if serving wedges, systemd
+            // notices and restarts us, rather than a side thread keeping a dead node "alive".
+            let period = n.notifier.watchdog_interval().filter(|_| i == 0).unwrap_or(Duration::from_secs(3600));
+            let mut tick = tokio::time::interval(period.min(Duration::from_secs(5)));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 // Bound the connections served at once; the rest wait in the backlog.
-                let Ok(permit) = slots.clone().acquire_owned().await else {
-                    return;
+                let Ok(permit) = slots.clone().acquire_owned().await else { return };
+                let accepted = loop {
+                    tokio::select! {
+                        r = l.accept() => break r,
+                        _ = tick.tick(), if i == 0 => n.heartbeat(),
+                    }
                 };
-                match l.accept().await {
+                match accepted {
                     Ok((s, peer)) => {
                         let _ = s.set_nodelay(true);
                         let n = n.clone();
@@ -367,6 +538,9 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
     }
     tokio::spawn(node.clone().announce_startup());
     tokio::spawn(node.clone().housekeeping());
+    // Listeners, state directory and cgroups are ready: only now tell systemd.
+    node.notifier.ready();
+    node.heartbeat();
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(NodeError::Signal)?;
@@ -398,6 +572,7 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
             }
         }
     }
+    node.notifier.stopping();
     node.shutdown().await;
     Ok(())
 }

@@ -201,8 +201,9 @@ impl Node {
             }
             compute.name = dir.join(base).display().to_string();
         }
+        let cgroup = self.computation_cgroup(&format!("c{}_{}", compute.id, random_suffix().replace('_', "x")));
         let worker = if compute.kind == ComputeKind::Function {
-            match self.start_worker(&compute, &dir, &addr.announce).await {
+            match self.start_worker(&compute, &dir, &addr.announce, cgroup.as_ref()).await {
                 Ok(w) => Some(w),
                 Err(e) => {
                     tracing::warn!(client = %peer, computation = compute.id, error = %e, "refused COMPUTE: code");
@@ -235,6 +236,7 @@ impl Node {
                     setup_done: false,
                     file_uses: Default::default(),
                     closing: false,
+                    cgroup,
                 },
             );
         }
@@ -247,7 +249,7 @@ impl Node {
         let prefix = Dir::open(&self.cfg.dest_path_prefix).map_err(|e| e.to_string())?;
         let sched = prefix
             .subdir(
-                &[c.scheduler_ip_addr.clone()],
+                std::slice::from_ref(&c.scheduler_ip_addr),
                 Some(Mode::from_bits_truncate(0o711)),
             )
             .map_err(|e| e.to_string())?;
@@ -285,9 +287,13 @@ impl Node {
         c: &Compute,
         dir: &std::path::Path,
         reply_ip: &str,
+        cgroup: Option<&crate::sandbox::cgroup::ComputationCgroup>,
     ) -> Result<Arc<worker::Worker>, String> {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let w = worker::Worker::spawn(&self.python, dir, tx).map_err(|e| e.to_string())?;
+        let leaf = self.leaf_cgroup(cgroup, "worker").map(|l| l.path().to_owned());
+        let src: &std::ffi::OsStr = worker::WORKER_SOURCE.as_ref();
+        let cmd = self.jailed(dir, leaf, Vec::new(), None, &self.python.exe, &["-c".as_ref(), src]);
+        let w = worker::Worker::spawn(cmd, tx).map_err(|e| e.to_string())?;
         let pid = w.pid.and_then(|p| i32::try_from(p).ok());
         if let Some(pid) = pid {
             self.procs.add(pid);
@@ -564,6 +570,7 @@ impl Node {
                             pid: None,
                             xfer_files,
                             finishing: false,
+                            cgroup: None,
                         },
                     );
                     Ok((kind, dir))

@@ -3,7 +3,6 @@
 //! and stdout with frames of `u32 header_len | JSON header | u32 blob_len | blob`.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -67,25 +66,16 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Starts the worker in `dir` and routes its job events to `events`.
-    pub fn spawn(
-        python: &str,
-        dir: &Path,
-        events: mpsc::UnboundedSender<JobEvent>,
-    ) -> Result<Arc<Worker>, WorkerError> {
-        let mut child = Command::new(python)
-            .arg("-c")
-            .arg(WORKER_SOURCE)
-            .current_dir(dir)
+    /// Starts the worker with `cmd` (the jailed interpreter) and routes its job events to
+    /// `events`. Its stdin and stdout are our control stream; its stderr goes to our log.
+    pub fn spawn(mut cmd: Command, events: mpsc::UnboundedSender<JobEvent>) -> Result<Arc<Worker>, WorkerError> {
+        let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
             .spawn()
-            .map_err(|source| WorkerError::Spawn {
-                python: python.to_owned(),
-                source,
-            })?;
+            .map_err(|source| WorkerError::Spawn { python: "python".to_owned(), source })?;
         let stdin = child.stdin.take().ok_or(WorkerError::Gone)?;
         let stdout = child.stdout.take().ok_or(WorkerError::Gone)?;
         let pending: Arc<Mutex<Option<oneshot::Sender<ControlReply>>>> = Arc::default();

@@ -55,7 +55,7 @@ pub enum CgroupError {
     Busy { path: PathBuf },
 }
 
-fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> CgroupError + '_ {
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> CgroupError + 'a {
     move |source| CgroupError::Io {
         op,
         path: path.to_path_buf(),
@@ -416,6 +416,12 @@ impl JobCgroup {
         self.path.join("cgroup.procs")
     }
 
+    /// Moves process `pid` (with all its threads) into this cgroup: how the daemon places a
+    /// job forked by the Python worker, whose Landlock domain cannot open cgroup files.
+    pub fn add_process(&self, pid: i32) -> Result<(), CgroupError> {
+        write_file(&self.procs_path(), &pid.to_string())
+    }
+
     /// Opens `cgroup.procs` for writing (`O_CLOEXEC`), for a child to write `0` to: the kernel
     /// checks migration permission with the credentials of the opener, and Landlock checks at
     /// open time, so a sandboxed process can join through an fd the daemon opened.
@@ -712,7 +718,10 @@ mod tests {
         assert_eq!(t.root(), root.join("system.slice/dispynode.service"));
         assert_eq!(
             t.available,
-            ["cpu", "io", "memory"].iter().map(|s| s.to_string()).collect()
+            ["cpu", "io", "memory"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect()
         );
         // DelegateSubgroup=supervisor: systemd started us in supervisor/ already.
         let t = CgroupTree::detect(&root, &proc_cgroup(&format!("{OWN}/supervisor"))).unwrap();
@@ -729,9 +738,7 @@ mod tests {
         assert!(e.0.contains("0::"), "{e}");
         let e = CgroupTree::detect(&root, "0::/elsewhere.service\n").unwrap_err();
         assert!(e.0.contains("not writable"), "{e}");
-        assert!(e
-            .to_string()
-            .starts_with("cgroup v2 not delegated: /"));
+        assert!(e.to_string().starts_with("cgroup v2 not delegated: /"));
         assert!(e.to_string().ends_with("; falling back to process groups"));
     }
 
@@ -744,7 +751,10 @@ mod tests {
         let d = t.root().to_path_buf();
         assert!(d.join("supervisor/cgroup.procs").exists());
         assert_eq!(read(&d.join("cgroup.subtree_control")), "+cpu\n+memory\n");
-        assert_eq!(read(&d.join("jobs/cgroup.subtree_control")), "+cpu\n+memory\n");
+        assert_eq!(
+            read(&d.join("jobs/cgroup.subtree_control")),
+            "+cpu\n+memory\n"
+        );
         assert_eq!(
             t.controllers().iter().cloned().collect::<Vec<_>>(),
             ["cpu", "memory"]
@@ -803,9 +813,10 @@ mod tests {
         assert_eq!(p("pids.max"), "max\n64\n");
         assert_eq!(p("cpu.max"), "max 100000\n150000 100000\n");
         assert_eq!(job.procs_path(), job.path().join("cgroup.procs"));
-        // An fd for the child to write 0 into.
+        // An fd for the child to write 0 into; or the daemon places a pid itself.
         job.open_procs().unwrap().write_all(b"0\n").unwrap();
-        assert_eq!(p("cgroup.procs"), "0\n");
+        job.add_process(4711).unwrap();
+        assert_eq!(p("cgroup.procs"), "0\n4711\n");
     }
 
     #[test]
@@ -864,7 +875,10 @@ mod tests {
         t.prepare().unwrap();
         let job = t.create_job("j1", &Limits::default()).unwrap();
         fs::remove_file(job.path().join("cgroup.kill")).unwrap(); // kernel < 5.14
-        let mut child = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap();
         fs::write(job.procs_path(), format!("{}\n", child.id())).unwrap();
         // The fake cannot empty cgroup.procs when the process dies: empty it once the child
         // is reaped, as the kernel would, from a helper thread.
@@ -891,11 +905,7 @@ mod tests {
         let job = t.create_job("j1", &Limits::default()).unwrap();
         assert_eq!(job.events(), CgroupEvents::default());
         assert_eq!(job.events().reason(), None);
-        fs::write(
-            job.path().join("pids.events"),
-            "max 3\n",
-        )
-        .unwrap();
+        fs::write(job.path().join("pids.events"), "max 3\n").unwrap();
         assert_eq!(job.events().pids_max_hits, 3);
         assert!(job.events().reason().unwrap().starts_with("pids limit"));
         fs::write(
@@ -914,7 +924,10 @@ mod tests {
         let mut t = tree(tmp.path(), &["memory", "pids"], &[]);
         t.prepare().unwrap();
         let comp = t.create_computation("c7").unwrap();
-        assert_eq!(read(&comp.path().join("cgroup.subtree_control")), "+memory\n+pids\n");
+        assert_eq!(
+            read(&comp.path().join("cgroup.subtree_control")),
+            "+memory\n+pids\n"
+        );
         let worker = comp.create_job("worker", &Limits::default()).unwrap();
         let job = comp
             .create_job(
@@ -943,7 +956,11 @@ mod tests {
         let stuck = t.create_job("stuck", &Limits::default()).unwrap();
         fs::write(stuck.procs_path(), "999999\n").unwrap();
         match stuck.remove() {
-            Err(CgroupError::Io { op: "rmdir", source, .. }) => {
+            Err(CgroupError::Io {
+                op: "rmdir",
+                source,
+                ..
+            }) => {
                 assert_eq!(source.raw_os_error(), Some(libc::EBUSY))
             }
             other => panic!("expected EBUSY, got {other:?}"),

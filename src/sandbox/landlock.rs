@@ -37,8 +37,8 @@ const TARGET_ABI_NUM: i32 = 6;
 /// Read-and-execute by default: the system, not `/` (that would include `/var/lib`, `/home`,
 /// `/tmp`, the computations' directories). Missing entries are skipped.
 pub const SYSTEM_READ_PATHS: &[&str] = &[
-    "/usr", "/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin", "/etc", "/opt", "/proc", "/sys",
-    "/dev",
+    "/usr", "/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin", "/etc", "/opt", "/proc",
+    "/sys", "/dev",
 ];
 
 /// Device files every job may also write (shell redirections, `open('/dev/null', 'w')`).
@@ -150,10 +150,7 @@ pub fn restrict_self(policy: &LandlockPolicy) -> Result<RestrictionStatus, Landl
 
 /// A rule for `path`, with the directory-only rights removed when it is not a directory (the
 /// kernel rejects those on files).
-fn rule(
-    path: &Path,
-    access: BitFlags<AccessFs>,
-) -> Result<PathBeneath<PathFd>, LandlockError> {
+fn rule(path: &Path, access: BitFlags<AccessFs>) -> Result<PathBeneath<PathFd>, LandlockError> {
     let fd = PathFd::new(path).map_err(|source| LandlockError::Path {
         path: path.to_path_buf(),
         source,
@@ -262,7 +259,9 @@ impl LandlockReport {
     fn fs_summary(&self) -> &'static str {
         match self.effective_abi() {
             0 => "none",
-            1 => "basic (ABI 1: no cross-directory rename/link, no truncate or device-ioctl control)",
+            1 => {
+                "basic (ABI 1: no cross-directory rename/link, no truncate or device-ioctl control)"
+            }
             2 => "partial (no truncate or device-ioctl control)",
             3 | 4 => "partial (no device-ioctl control)",
             _ => "full",
@@ -275,10 +274,10 @@ impl fmt::Display for LandlockReport {
         match self.kernel {
             KernelLandlock::NotEnabled => {
                 return write!(
-                    f,
-                    "landlock unavailable: built in but not enabled at boot (add landlock to lsm=); \
+                f,
+                "landlock unavailable: built in but not enabled at boot (add landlock to lsm=); \
                      jobs are not confined to their directory"
-                )
+            )
             }
             KernelLandlock::NotImplemented => {
                 return write!(
@@ -287,7 +286,9 @@ impl fmt::Display for LandlockReport {
                      jobs are not confined to their directory"
                 )
             }
-            KernelLandlock::Available(v) => write!(f, "landlock ABI {v} (we use {TARGET_ABI_NUM})")?,
+            KernelLandlock::Available(v) => {
+                write!(f, "landlock ABI {v} (we use {TARGET_ABI_NUM})")?
+            }
         }
         let scoping = if self.scoping() {
             "signal+abstract-unix-socket"
@@ -343,7 +344,12 @@ mod tests {
     fn expansion_leaves_denied_paths_out() {
         let tmp = tempfile::tempdir().unwrap();
         let root = fs::canonicalize(tmp.path()).unwrap();
-        for d in ["etc/dispynode", "etc/ssl/private", "etc/ssl/certs", "etc/apt"] {
+        for d in [
+            "etc/dispynode",
+            "etc/ssl/private",
+            "etc/ssl/certs",
+            "etc/apt",
+        ] {
             fs::create_dir_all(root.join(d)).unwrap();
         }
         fs::write(root.join("etc/hostname"), "h").unwrap();
@@ -393,7 +399,10 @@ mod tests {
         std::os::unix::fs::symlink(root.join("run/resolv.conf"), root.join("etc/resolv.conf"))
             .unwrap();
         fs::create_dir_all(root.join("etc/dispynode")).unwrap();
-        let denies = vec![resolve(&root.join("state")), resolve(&root.join("etc/dispynode"))];
+        let denies = vec![
+            resolve(&root.join("state")),
+            resolve(&root.join("etc/dispynode")),
+        ];
         let mut out = Vec::new();
         expand_grant(&root.join("etc"), &denies, &mut out, 0);
         assert_eq!(out, [root.join("run/resolv.conf")]);
@@ -425,7 +434,10 @@ mod tests {
         assert_eq!(old.enforcement(), Enforcement::Partial);
         assert!(!old.scoping() && !old.satisfies_required());
         assert!(old.to_string().contains("partially enforced"));
-        assert_eq!(r(KernelLandlock::NotEnabled).enforcement(), Enforcement::None);
+        assert_eq!(
+            r(KernelLandlock::NotEnabled).enforcement(),
+            Enforcement::None
+        );
         assert!(r(KernelLandlock::NotImplemented)
             .to_string()
             .starts_with("landlock unavailable"));
@@ -445,12 +457,20 @@ mod tests {
         let p = LandlockPolicy::for_computation(
             Path::new("/var/tmp/dispy/node/c1"),
             [PathBuf::from("/root/.pyenv/versions/3.11.7")],
-            [PathBuf::from("/var/tmp/dispy/node"), PathBuf::from("/var/lib/dispynode")],
+            [
+                PathBuf::from("/var/tmp/dispy/node"),
+                PathBuf::from("/var/lib/dispynode"),
+            ],
             false,
         );
         assert!(p.read_exec.contains(&PathBuf::from("/usr")));
-        assert!(!p.read_exec.iter().any(|x| x == Path::new("/tmp") || x == Path::new("/")));
-        assert!(p.read_exec.contains(&PathBuf::from("/root/.pyenv/versions/3.11.7")));
+        assert!(!p
+            .read_exec
+            .iter()
+            .any(|x| x == Path::new("/tmp") || x == Path::new("/")));
+        assert!(p
+            .read_exec
+            .contains(&PathBuf::from("/root/.pyenv/versions/3.11.7")));
         assert_eq!(p.read_write[0], PathBuf::from("/var/tmp/dispy/node/c1"));
         assert!(p.read_write.contains(&PathBuf::from("/dev/null")));
         assert_eq!(p.deny.len(), 2);

@@ -88,9 +88,19 @@ impl ProcStatus {
         (seen >= 10).then_some(st)
     }
 
-    /// Reads `/proc/self/status`.
+    /// Reads `/proc/self/status` (the process; its main thread's credentials).
     pub fn read_self() -> io::Result<ProcStatus> {
-        let text = std::fs::read_to_string("/proc/self/status")?;
+        ProcStatus::read("/proc/self/status")
+    }
+
+    /// Reads `/proc/thread-self/status`: the calling thread's credentials and capabilities,
+    /// which are per thread (they differ from the main thread's after a drop in another thread).
+    pub fn read_thread() -> io::Result<ProcStatus> {
+        ProcStatus::read("/proc/thread-self/status")
+    }
+
+    fn read(path: &str) -> io::Result<ProcStatus> {
+        let text = std::fs::read_to_string(path)?;
         ProcStatus::parse(&text).ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -206,7 +216,7 @@ impl fmt::Display for Dropped {
 ///
 /// As root: looks up `user` and `group`, refuses uid/gid 0, then `setgroups([])`, clears the
 /// bounding set, `setresgid`, `setresuid`, clears every capability set (including ambient) and
-/// sets no_new_privs; verifies all of it in `/proc/self/status`.
+/// sets no_new_privs; verifies all of it in `/proc/thread-self/status`.
 /// Not root: identity unchanged; clears whatever capabilities we hold and sets no_new_privs.
 pub fn drop_daemon_privileges(user: &str, group: &str) -> Result<Dropped, PrivilegeError> {
     let status = ProcStatus::read_self().map_err(PrivilegeError::Status)?;
@@ -248,7 +258,7 @@ pub fn drop_daemon_privileges(user: &str, group: &str) -> Result<Dropped, Privil
     drop_capabilities()?;
     nix::sys::prctl::set_no_new_privs().map_err(PrivilegeError::NoNewPrivs)?;
 
-    let st = ProcStatus::read_self().map_err(PrivilegeError::Status)?;
+    let st = ProcStatus::read_thread().map_err(PrivilegeError::Status)?;
     let (u, g) = (uid.as_raw(), gid.as_raw());
     if st.uid != [u; 4] || st.gid != [g; 4] {
         return Err(PrivilegeError::Verify(format!(
@@ -310,18 +320,24 @@ fn drop_bounding_set() -> Result<bool, PrivilegeError> {
 
 /// Clears every capability set of the calling thread: bounding (when possible, see
 /// [`drop_bounding_set`]), ambient, effective, inheritable, permitted; verifies it in
-/// `/proc/self/status`. Returns whether the bounding set is empty.
+/// `/proc/thread-self/status`. Returns whether the bounding set is empty.
 pub fn drop_capabilities() -> Result<bool, PrivilegeError> {
     let bounding_cleared = drop_bounding_set()?;
+    // Only the sets that hold something are touched: under a seccomp filter such as systemd's
+    // `SystemCallFilter=~@privileged`, `capset` itself fails, and a process that holds no
+    // capability (the daemon's user) must still get through.
+    let before = ProcStatus::read_thread().map_err(PrivilegeError::Status)?;
     // Kernels before 4.3 have no ambient set: nothing to clear there.
-    if caps::runtime::ambient_set_supported().is_ok() {
+    if before.cap_amb != 0 && caps::runtime::ambient_set_supported().is_ok() {
         clear_set(CapSet::Ambient, "ambient")?;
     }
-    // Effective before permitted: capset(2) requires effective ⊆ permitted at every step.
-    clear_set(CapSet::Effective, "effective")?;
-    clear_set(CapSet::Inheritable, "inheritable")?;
-    clear_set(CapSet::Permitted, "permitted")?;
-    let st = ProcStatus::read_self().map_err(PrivilegeError::Status)?;
+    if before.cap_eff != 0 || before.cap_prm != 0 || before.cap_inh != 0 {
+        // Effective before permitted: capset(2) requires effective ⊆ permitted at every step.
+        clear_set(CapSet::Effective, "effective")?;
+        clear_set(CapSet::Inheritable, "inheritable")?;
+        clear_set(CapSet::Permitted, "permitted")?;
+    }
+    let st = ProcStatus::read_thread().map_err(PrivilegeError::Status)?;
     if !st.no_capabilities(bounding_cleared) {
         return Err(PrivilegeError::Verify(format!(
             "capabilities left: CapEff {:016x} CapPrm {:016x} CapInh {:016x} CapAmb {:016x} \

@@ -1,0 +1,110 @@
+//! How the node starts job processes: always through the jail helper (our own binary in its
+//! `__jail` mode), with the computation's landlock policy and, where cgroup v2 is delegated,
+//! a cgroup of their own.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use tokio::process::Command;
+
+use super::Node;
+use crate::sandbox::cgroup::ComputationCgroup;
+use crate::sandbox::{jail_command, CgroupError, JailSpec, JobCgroup, LandlockPolicy, Limits};
+
+/// `PATH` of jobs; program jobs get their computation directory in front of it.
+const JOB_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+impl Node {
+    /// Per-job limits from the configuration (`job_memory_max`, `job_pids_max`, `job_cpu_max`).
+    pub(crate) fn job_limits(&self) -> Limits {
+        Limits {
+            memory_max: self.cfg.job_memory_max,
+            pids_max: self.cfg.job_pids_max,
+            cpu_max_percent: self.cfg.job_cpu_max,
+        }
+    }
+
+    /// A command that runs `program args` jailed for the computation in `dir`.
+    pub(crate) fn jailed(
+        &self,
+        dir: &Path,
+        cgroup: Option<PathBuf>,
+        extra_env: Vec<(String, String)>,
+        path_first: Option<&Path>,
+        program: &str,
+        args: &[&OsStr],
+    ) -> Command {
+        // TMPDIR of the jobs: a private directory inside the only place they may write.
+        let tmp = dir.join(".tmp");
+        let _ = std::fs::create_dir(&tmp);
+        let mut spec = JailSpec::new(dir);
+        let path = match path_first {
+            Some(p) => format!("{}:{JOB_PATH}", p.display()),
+            None => JOB_PATH.to_owned(),
+        };
+        spec.env = JailSpec::standard_env(dir, &path);
+        spec.env.extend(extra_env);
+        spec.cgroup = cgroup;
+        spec.landlock = Some(LandlockPolicy::for_computation(
+            dir,
+            self.python.prefixes.iter().cloned(),
+            self.sandbox.deny.iter().cloned(),
+            false,
+        ));
+        let mut cmd = Command::from(jail_command(&spec, program, args));
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+        cmd
+    }
+
+    /// The cgroup of a new computation, when cgroup v2 is delegated to us.
+    pub(crate) fn computation_cgroup(&self, name: &str) -> Option<ComputationCgroup> {
+        let tree = self.sandbox.cgroups.as_ref()?;
+        match tree.create_computation(name) {
+            Ok(cg) => Some(cg),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not create a computation cgroup; using process groups");
+                None
+            }
+        }
+    }
+
+    /// A leaf cgroup for one process of a computation (`worker`, or a program job).
+    pub(crate) fn leaf_cgroup(&self, comp: Option<&ComputationCgroup>, leaf: &str) -> Option<JobCgroup> {
+        let made: Result<JobCgroup, CgroupError> = comp?.create_job(leaf, &self.job_limits());
+        match made {
+            Ok(cg) => Some(cg),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not create a job cgroup; using the process group");
+                None
+            }
+        }
+    }
+}
+
+/// Kills and removes a computation's cgroup (all its leaves are gone or killed with it).
+pub(crate) async fn retire_computation_cgroup(cg: ComputationCgroup) {
+    let _ = tokio::task::spawn_blocking(move || {
+        let _ = cg.kill();
+        if let Err(e) = cg.remove() {
+            tracing::warn!(error = %e, "could not remove a computation cgroup");
+        }
+    })
+    .await;
+}
+
+/// Kills a job's cgroup and removes it, off the async threads (rmdir retries while the
+/// kernel drains it). Returns why the kernel stopped it, if a limit did.
+pub(crate) async fn retire_cgroup(cg: JobCgroup) -> Option<&'static str> {
+    tokio::task::spawn_blocking(move || {
+        let reason = cg.events().reason();
+        let _ = cg.kill();
+        if let Err(e) = cg.remove() {
+            tracing::warn!(error = %e, "could not remove a job cgroup");
+        }
+        reason
+    })
+    .await
+    .ok()
+    .flatten()
+}
