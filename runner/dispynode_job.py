@@ -301,11 +301,13 @@ def make_logger():
 class RunningJob:
     """A forked job child and the pipe on which it reports its outcome."""
 
-    def __init__(self, job_id, pid, fd):
+    def __init__(self, job_id, pid, fd, gate=None):
         self.id = job_id
         self.pid = pid
         self.fd = fd
         self.output = FrameBuffer()
+        # Write end of the pipe a held child waits on (see the ``release`` op).
+        self.gate = gate
 
 
 def _describe_exit(wait_status):
@@ -465,22 +467,38 @@ class Worker:
         for stream in (sys.stdout, sys.stderr):  # don't fork unflushed output
             stream.flush()
         read_fd, write_fd = os.pipe()
+        # With ``hold``, the child waits before any user code until the daemon has moved it
+        # into the job's cgroup (which the sandboxed job itself may not write) and says
+        # ``release``.
+        gate_r, gate_w = os.pipe() if header.get('hold') else (None, None)
         try:
             pid = os.fork()
         except OSError as exc:
-            os.close(read_fd)
-            os.close(write_fd)
+            for fd in (read_fd, write_fd, gate_r, gate_w):
+                if fd is not None:
+                    os.close(fd)
             self._send_not_started(header['id'], 'could not start job process: %s' % exc)
             return
         if pid == 0:
             os.close(read_fd)
-            self._job_child(header, blob, write_fd)  # never returns
+            if gate_w is not None:
+                os.close(gate_w)
+            self._job_child(header, blob, write_fd, gate_r)  # never returns
         os.close(write_fd)
+        if gate_r is not None:
+            os.close(gate_r)
         os.set_blocking(read_fd, False)
-        job = RunningJob(header['id'], pid, read_fd)
+        job = RunningJob(header['id'], pid, read_fd, gate_w)
         self.jobs[pid] = job
         self.selector.register(read_fd, selectors.EVENT_READ, lambda: self._on_job_output(job))
         self.send({'ev': 'started', 'id': job.id, 'pid': pid})
+
+    def _op_release(self, header, blob):
+        for job in self.jobs.values():
+            if job.id == header.get('id') and job.gate is not None:
+                os.write(job.gate, b'g')
+                os.close(job.gate)
+                job.gate = None
 
     def _op_kill(self, header, blob):
         for job in self.jobs.values():
@@ -508,12 +526,15 @@ class Worker:
 
     # ---- job children
 
-    def _job_child(self, header, blob, result_fd):
+    def _job_child(self, header, blob, result_fd, gate_fd=None):
         """Body of the forked job process.  Never returns: whatever happens,
         the process ends here, so it cannot fall back into the worker loop."""
         exit_code = 1
         try:
             os.setsid()  # own process group: kill reaches the job's descendants
+            if gate_fd is not None:
+                os.read(gate_fd, 1)  # EOF too: the worker is gone, the job ends below
+                os.close(gate_fd)
             signal.set_wakeup_fd(-1)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             self._close_worker_fds()
@@ -528,6 +549,9 @@ class Worker:
             os._exit(exit_code)
 
     def _close_worker_fds(self):
+        for job in self.jobs.values():  # other jobs' gates belong to the worker alone
+            if job.gate is not None:
+                os.close(job.gate)
         for key in list(self.selector.get_map().values()):
             os.close(key.fd)
         self.selector.close()
@@ -610,6 +634,9 @@ class Worker:
     def _finish(self, job, wait_status, report=True):
         """Forget a reaped child and send its ``done``."""
         del self.jobs[job.pid]
+        if job.gate is not None:
+            os.close(job.gate)
+            job.gate = None
         self._drain_output(job)
         if not report:
             return

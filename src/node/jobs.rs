@@ -46,16 +46,47 @@ impl Node {
             match ev {
                 JobEvent::Started { id, pid } => {
                     self.procs.add(pid);
-                    if let Some(j) = self.lock().jobs.get_mut(&id) {
-                        j.pid = Some(pid);
+                    let (comp_cg, worker) = {
+                        let mut st = self.lock();
+                        if let Some(j) = st.jobs.get_mut(&id) {
+                            j.pid = Some(pid);
+                        }
+                        st.computations
+                            .get(&compute_id)
+                            .map(|c| (c.cgroup.clone(), c.worker.clone()))
+                            .unwrap_or((None, None))
+                    };
+                    if comp_cg.is_some() {
+                        // The child waits (hold) until it is in its own cgroup: place it, then
+                        // release it to run user code.
+                        if let Some(cg) = self.leaf_cgroup(comp_cg.as_ref(), &format!("f{id}")) {
+                            match cg.add_process(pid) {
+                                Ok(()) => {
+                                    if let Some(j) = self.lock().jobs.get_mut(&id) {
+                                        j.cgroup = Some(cg);
+                                    }
+                                }
+                                Err(e) => tracing::warn!(job = id, error = %e, "could not move the job into its cgroup"),
+                            }
+                        }
+                        if let Some(w) = worker {
+                            let _ = w.release_job(id).await;
+                        }
                     }
                 }
-                JobEvent::Done { id, header, result } => {
-                    if let Some(pid) = self.lock().jobs.get(&id).and_then(|j| j.pid) {
+                JobEvent::Done { id, mut header, result } => {
+                    let (pid, cg) = self.lock().jobs.get_mut(&id).map(|j| (j.pid, j.cgroup.take())).unwrap_or((None, None));
+                    if let Some(pid) = pid {
                         self.procs.remove(pid);
                     }
                     let n = self.clone();
                     tokio::spawn(async move {
+                        if let Some(cg) = cg {
+                            if let Some(reason) = super::spawning::retire_cgroup(cg).await {
+                                header["status"] = serde_json::json!(status::TERMINATED);
+                                header["exception"] = serde_json::json!(format!("job killed: it exceeded its {reason}"));
+                            }
+                        }
                         n.finish_job(id, Outcome::Function { header, result }).await
                     });
                 }
@@ -87,14 +118,16 @@ impl Node {
     }
 
     pub(crate) async fn start_function_job(self: &Arc<Self>, id: u64, job: &Job) {
-        let worker = self
+        let (worker, hold) = self
             .lock()
             .computations
             .get(&job.compute_id)
-            .and_then(|c| c.worker.clone());
+            .map(|c| (c.worker.clone(), c.cgroup.is_some()))
+            .unwrap_or((None, false));
+        // With cgroups the child is held until the daemon has placed it in its job cgroup.
         let header = json!({
             "op": "job", "id": id, "uid": job.uid, "hash": job.hash, "start_time": now(),
-            "code": job.code, "args_len": job.args.len(), "cgroup_procs": null,
+            "code": job.code, "args_len": job.args.len(), "hold": hold,
         });
         let started = match worker {
             Some(w) => w

@@ -138,6 +138,11 @@ impl Worker {
         self.send(&header, &[args, kwargs]).await
     }
 
+    /// Lets a held job child (placed in its cgroup meanwhile) run user code.
+    pub async fn release_job(&self, id: u64) -> Result<(), WorkerError> {
+        self.send(&json!({"op": "release", "id": id}), &[]).await
+    }
+
     pub async fn kill_job(&self, id: u64) -> Result<(), WorkerError> {
         self.send(&json!({"op": "kill", "id": id}), &[]).await
     }

@@ -395,6 +395,29 @@ class JobTests(WorkerTestCase):
         self.assertTrue(wait_until(lambda: process_gone(sleep_pid)), 'sleep grandchild survived')
         self.assertEqual(worker.run_job('echo', 1)[1], 1)  # the worker carries on
 
+    def test_held_job_runs_only_after_release(self):
+        # With cgroups the daemon places a job in its cgroup between `started` and `release`:
+        # no user code may run before.
+        worker = self.ready()
+        header, blob = job(8, 'echo', 'held')
+        header['hold'] = True
+        worker.send(header, blob)
+        worker.expect('started')
+        with self.assertRaises(AssertionError):
+            worker.recv(timeout=0.5)  # held: nothing ran, so no `done`
+        worker.send({'op': 'release', 'id': 99})  # unknown: ignored
+        worker.send({'op': 'release', 'id': 8})
+        done, result = worker.expect('done')
+        self.assertEqual((done['status'], pickle.loads(result)), (11, 'held'))
+        # A held job can still be killed before its release.
+        header, blob = job(9, 'echo', 'never')
+        header['hold'] = True
+        worker.send(header, blob)
+        worker.expect('started')
+        worker.send({'op': 'kill', 'id': 9})
+        done, _ = worker.expect('done')
+        self.assertEqual(done['status'], 9)
+
     def test_descendant_holding_the_result_pipe(self):
         # A job that forks leaves its result pipe open in the grandchild; the
         # result must still arrive when the job itself ends.
