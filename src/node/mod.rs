@@ -129,6 +129,8 @@ pub(crate) struct State {
 
 pub struct Node {
     pub(crate) cfg: Config,
+    /// The settings SIGHUP may change while serving (see `reload`).
+    live: std::sync::RwLock<Arc<Config>>,
     pub(crate) sign: String,
     pub(crate) auth: [u8; AUTH_LEN],
     pub(crate) addrs: Vec<NodeAddr>,
@@ -170,7 +172,7 @@ impl Node {
     }
 
     pub(crate) fn msg_timeout(&self) -> Duration {
-        self.cfg.msg_timeout
+        self.live().msg_timeout
     }
 
     /// The announced address for a client's `node_ip_addr`, if it is one of ours.
@@ -179,6 +181,50 @@ impl Node {
             .iter()
             .find(|a| a.announce == node_ip_addr || a.bind.to_string() == node_ip_addr)
             .or_else(|| self.addrs.iter().find(|a| a.matches(node_ip_addr)))
+    }
+
+    /// The current reloadable settings.
+    pub(crate) fn live(&self) -> Arc<Config> {
+        self.live.read().map(|c| c.clone()).unwrap_or_else(|e| e.into_inner().clone())
+    }
+
+    /// SIGHUP: re-reads the configuration (command line and file, as at start) and applies
+    /// the settings that are safe to change while serving; the others are reported as
+    /// needing a restart.
+    pub(crate) fn reload(&self) {
+        self.notifier.reloading();
+        match crate::config::parse_args(std::env::args_os()) {
+            Ok(crate::config::Command::Run(new)) => {
+                let old = &self.cfg;
+                let mut restart = Vec::new();
+                macro_rules! fixed {
+                    ($($f:ident),*) => {$( if old.$f != new.$f { restart.push(stringify!($f)); } )*};
+                }
+                fixed!(cpus, ip_addr, ext_ip_addr, node_port, name, secret, dest_path_prefix, state_dir,
+                       scheduler_node, scheduler_port, keyfile, certfile, serve, python, user, group, debug, clean);
+                let mut live = (*self.live()).clone();
+                live.max_file_size = new.max_file_size;
+                live.msg_timeout = new.msg_timeout;
+                live.zombie_interval = new.zombie_interval;
+                live.service_start = new.service_start;
+                live.service_stop = new.service_stop;
+                live.service_end = new.service_end;
+                live.job_memory_max = new.job_memory_max;
+                live.job_pids_max = new.job_pids_max;
+                live.job_cpu_max = new.job_cpu_max;
+                if let Ok(mut l) = self.live.write() {
+                    *l = Arc::new(live);
+                }
+                if restart.is_empty() {
+                    tracing::info!("configuration reloaded");
+                } else {
+                    tracing::warn!(needs_restart = ?restart, "configuration reloaded; these settings changed but need a restart to take effect");
+                }
+            }
+            Ok(_) => tracing::warn!("reload: --save_config is not a serving configuration; kept the current one"),
+            Err(e) => tracing::error!(error = %e, "reload failed; kept the current configuration"),
+        }
+        self.notifier.ready();
     }
 
     /// Feeds the systemd watchdog and updates `systemctl status`; taking the state lock
@@ -482,6 +528,7 @@ pub async fn serve(p: Prepared) -> Result<(), NodeError> {
         platform: platform_string(),
         python,
         addrs,
+        live: std::sync::RwLock::new(Arc::new(cfg.clone())),
         cfg,
         jobs_changed: Notify::new(),
         next_job: AtomicU64::new(1),
@@ -546,9 +593,12 @@ pub async fn serve(p: Prepared) -> Result<(), NodeError> {
         .map_err(NodeError::Signal)?;
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
         .map_err(NodeError::Signal)?;
+    let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(NodeError::Signal)?;
     let mut interrupted = false;
     loop {
         tokio::select! {
+            _ = sighup.recv() => node.reload(),
             _ = sigterm.recv() => {
                 tracing::info!("SIGTERM: shutting down");
                 break;

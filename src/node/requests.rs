@@ -164,7 +164,7 @@ impl Node {
         if let Some(v) = busy {
             return self.reply_pickle(s, &v).await;
         }
-        let max = self.cfg.max_file_size;
+        let max = self.live().max_file_size;
         if let Some(xf) = compute
             .xfer_files
             .iter()
@@ -319,8 +319,8 @@ impl Node {
             "reply_ip_addr": reply_ip,
             "client_addr": [client_addr.0, client_addr.1],
             "scheduler_addr": [c.scheduler_ip_addr, c.job_result_port],
-            "max_file_size": self.cfg.max_file_size,
-            "msg_timeout": self.cfg.msg_timeout.as_secs_f64(),
+            "max_file_size": self.live().max_file_size,
+            "msg_timeout": self.live().msg_timeout.as_secs_f64(),
             "certfile": self.cfg.certfile.as_ref().map(|p| p.display().to_string()),
             "keyfile": self.cfg.keyfile.as_ref().map(|p| p.display().to_string()),
         });
@@ -365,7 +365,7 @@ impl Node {
             tracing::warn!(client = %peer, file = %xf.name, "refused FILEXFER: unknown computation");
             return self.reply_pickle(s, &Value::Int(-1)).await;
         };
-        let max = self.cfg.max_file_size;
+        let max = self.live().max_file_size;
         if max > 0 && xf.size > max {
             tracing::warn!(client = %peer, file = %xf.name, size = xf.size, limit = max, "refused FILEXFER: over max_file_size");
             return self.reply_pickle(s, &Value::Int(-1)).await;
@@ -519,7 +519,7 @@ impl Node {
                 return self.reply_raw(s, &format!("Invalid job ({e})")).await;
             }
         };
-        let max = self.cfg.max_file_size;
+        let max = self.live().max_file_size;
         let id = self.next_job_id();
         let checked: Result<(ComputeKind, PathBuf), String> = {
             let mut st = self.lock();

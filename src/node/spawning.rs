@@ -19,9 +19,9 @@ impl Node {
     /// Per-job limits from the configuration (`job_memory_max`, `job_pids_max`, `job_cpu_max`).
     pub(crate) fn job_limits(&self) -> Limits {
         Limits {
-            memory_max: self.cfg.job_memory_max,
-            pids_max: self.cfg.job_pids_max,
-            cpu_max_percent: self.cfg.job_cpu_max,
+            memory_max: self.live().job_memory_max,
+            pids_max: self.live().job_pids_max,
+            cpu_max_percent: self.live().job_cpu_max,
         }
     }
 

@@ -95,9 +95,9 @@ impl Node {
     pub(crate) fn service(&self) -> Service {
         service_at(
             local_minute(),
-            self.cfg.service_start,
-            self.cfg.service_stop,
-            self.cfg.service_end,
+            self.live().service_start,
+            self.live().service_stop,
+            self.live().service_end,
         )
     }
 
@@ -159,9 +159,9 @@ impl Node {
     /// min(client pulse_interval, zombie_interval/5, 600 s), as the reference computes it.
     fn pulse_interval(&self) -> Duration {
         let mut iv = Duration::from_secs(600);
-        if self.cfg.zombie_interval > 0 {
+        if self.live().zombie_interval > 0 {
             iv = iv.min(
-                Duration::from_secs(self.cfg.zombie_interval.saturating_mul(60) / 5)
+                Duration::from_secs(self.live().zombie_interval.saturating_mul(60) / 5)
                     .max(Duration::from_secs(1)),
             );
         }
@@ -218,10 +218,10 @@ impl Node {
     /// A scheduler silent for zombie_interval is presumed dead: its computations are closed
     /// once their jobs are done, and the node is free for others (§4.4).
     async fn check_zombie(self: &Arc<Self>) {
-        if self.cfg.zombie_interval == 0 {
+        if self.live().zombie_interval == 0 {
             return;
         }
-        let limit = Duration::from_secs(self.cfg.zombie_interval.saturating_mul(60));
+        let limit = Duration::from_secs(self.live().zombie_interval.saturating_mul(60));
         let (idle, sched) = {
             let st = self.lock();
             if st.computations.is_empty() || st.last_activity.elapsed() < limit {

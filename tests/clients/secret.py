@@ -19,8 +19,8 @@ if __name__ == '__main__':
     job = c.submit(41)
     if expect == 'ok':
         common.check('replied', common.wait_job(job, 60), common.status_name(job.status))
-        common.check_eq('result', (common.status_name(job.status), job.result),
-                        (common.status_name(dispy.DispyJob.Finished), 42))
+        common.check_eq('result', (common.status_name(job.status), job.result, job.exception),
+                        (common.status_name(dispy.DispyJob.Finished), 42, None))
         common.check('closed', common.close(c), 'close reported pending jobs')
     else:
         finished = common.wait_job(job, 12)

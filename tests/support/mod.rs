@@ -655,6 +655,13 @@ pub fn run_client(script: &str, args: &[&str], timeout: Duration) -> ClientRun {
         .env("PYTHONUNBUFFERED", "1")
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .env("INTEROP_CLIENT_WATCHDOG", watchdog.to_string())
+        .env(
+            "INTEROP_NODE_IMPL",
+            match node_impl() {
+                Impl::Ours => "ours",
+                Impl::Reference => "reference",
+            },
+        )
         .process_group(0);
     let started = Instant::now();
     let mut child = cmd

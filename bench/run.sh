@@ -1,0 +1,42 @@
+#!/bin/sh
+# One command for the side-by-side benchmark (see bench/README.md):
+#   bench/run.sh [--rounds N] [--quick] [any other bench.py option]
+#   bench/run.sh soak [soak.py options]        # the soak, against our node
+#   bench/run.sh profile [profile.py options]  # where the time goes (perf)
+#   bench/run.sh worker [worker_micro.py options]
+#
+# Makes (or reuses) a venv with dispy 4.15.2 -- $DISPY_VENV, default
+# target/dispy-venv like the tests -- builds our release binary with cargo
+# (honours CARGO_TARGET_DIR; DISPYNODE_BIN=path skips the build) and runs the
+# Python harness with the venv's interpreter.
+set -eu
+
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(dirname "$here")
+venv=${DISPY_VENV:-$repo/target/dispy-venv}
+py=$venv/bin/python
+
+if ! "$py" -c "import dispy, pycos; assert dispy.__version__ == '4.15.2'" 2>/dev/null; then
+    echo "bench: making the venv $venv with dispy 4.15.2" >&2
+    ${DISPY_BASE_PYTHON:-python3} -m venv "$venv"
+    "$py" -m pip install --disable-pip-version-check -q dispy==4.15.2
+fi
+
+if [ -n "${DISPYNODE_BIN:-}" ]; then
+    bin=$DISPYNODE_BIN
+else
+    echo "bench: cargo build --release" >&2
+    (cd "$repo" && cargo build --release --bin dispynode)
+    bin=${CARGO_TARGET_DIR:-$repo/target}/release/dispynode
+fi
+
+script=bench.py
+case "${1:-}" in
+    soak) script=soak.py; shift ;;
+    profile) script=profile.py; shift ;;
+    worker) script=worker_micro.py; shift ;;
+esac
+if [ "$script" = worker_micro.py ]; then
+    exec "$py" "$here/$script" --python "$py" "$@"
+fi
+BENCH_VIA_RUN_SH=1 exec "$py" "$here/$script" --venv "$venv" --node-bin "$bin" "$@"

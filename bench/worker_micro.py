@@ -1,0 +1,293 @@
+#!/usr/bin/env python3
+"""The Python worker alone (runner/dispynode_job.py), driven over its pipes the
+way the daemon drives it, without daemon, network or client: what one
+function job costs in the worker, and what some changes would save.
+
+    python3 bench/worker_micro.py [--python P] [--jobs 1000]
+
+Variants are made by patching the worker's source in memory (the file is not
+changed):
+
+    as-is        the worker as it is: one fork per job
+    gc-freeze    gc.freeze() after setup, gc.disable() in the job child: fewer
+                 copy-on-write faults (the collector no longer writes to every
+                 object header of the worker's heap)
+    early-done   `done` is sent as soon as the child's result message is complete
+                 in its pipe, not after the child has exited and been reaped (its
+                 exit -- unmapping the address space -- leaves the critical path)
+    prefork      a spare child is forked ahead of time, when the worker is idle,
+                 and waits on a pipe for its job (fork leaves the critical path)
+    prefork+early   both
+    inline       no process per job: the job runs in the worker itself.  Not a
+                 proposal (no isolation), the lower bound of any process reuse
+
+For each: sequential latency (job message -> done message), throughput with 2
+jobs in flight (cpus=2), and CPU of the worker and its children per job (from
+/proc: utime+stime+cutime+cstime).
+"""
+
+import argparse
+import json
+import os
+import pickle
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import benchlib  # noqa: E402
+
+WORKER = os.path.join(benchlib.REPO, 'runner', 'dispynode_job.py')
+_LEN = struct.Struct('>L')
+
+SETUP_END = "        self.user_globals = user_globals\n        self.setup_args = setup_args\n        return None"
+CHILD_START = "            os.setsid()  # own process group"
+MAIN = "\nif __name__ == '__main__':"
+
+INLINE = '''
+def _inline_op_job(self, header, blob):
+    saved = sys.stdout, sys.stderr
+    try:
+        reply, result = self._run_job(header, blob)
+    finally:
+        sys.stdout, sys.stderr = saved
+    h = {'ev': 'done', 'id': header['id']}
+    h.update(reply)
+    self.send(h, result)
+
+
+Worker._op_job = _inline_op_job
+'''
+
+
+EARLY = '''
+_orig_on_job_output = Worker._on_job_output
+_orig_finish = Worker._finish
+
+
+def _early_on_job_output(self, job):
+    _orig_on_job_output(self, job)
+    if not getattr(job, 'reported', False):
+        msg = job.output.pop()
+        if msg is not None:
+            reply, result = msg
+            header = {'ev': 'done', 'id': job.id}
+            header.update(reply)
+            job.reported = True
+            self.send(header, result)
+
+
+def _early_finish(self, job, wait_status, report=True):
+    _orig_finish(self, job, wait_status, report and not getattr(job, 'reported', False))
+
+
+Worker._on_job_output = _early_on_job_output
+Worker._finish = _early_finish
+'''
+
+PREFORK = '''
+def _pf_spawn(self):
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    job_r, job_w = os.pipe()
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_fd)
+        os.close(job_w)
+        buf = FrameBuffer()
+        msg = None
+        while msg is None:
+            data = os.read(job_r, READ_SIZE)
+            if not data:
+                os._exit(0)
+            buf.feed(data)
+            msg = buf.pop()
+        os.close(job_r)
+        self._job_child(msg[0], msg[1], write_fd)
+    os.close(write_fd)
+    os.close(job_r)
+    self.spare = (pid, read_fd, job_w)
+
+
+def _pf_op_job(self, header, blob):
+    if self.user_globals is None:
+        self._send_not_started(header['id'], 'computation is not set up')
+        return
+    if getattr(self, 'spare', None) is None:
+        self._pf_spawn()
+    pid, read_fd, job_w = self.spare
+    self.spare = None
+    write_message(job_w, header, blob)
+    os.close(job_w)
+    os.set_blocking(read_fd, False)
+    job = RunningJob(header['id'], pid, read_fd)
+    self.jobs[pid] = job
+    self.selector.register(read_fd, selectors.EVENT_READ, lambda: self._on_job_output(job))
+    self.send({'ev': 'started', 'id': job.id, 'pid': pid})
+
+
+def _pf_run(self):
+    while True:
+        idle_fork = self.user_globals is not None and getattr(self, 'spare', None) is None
+        events = self.selector.select(0 if idle_fork else None)
+        if not events and idle_fork:
+            self._pf_spawn()
+            continue
+        for key, _ in events:
+            key.data()
+
+
+Worker._pf_spawn = _pf_spawn
+Worker._op_job = _pf_op_job
+Worker.run = _pf_run
+'''
+
+
+def variants(src):
+    out = {'as-is': src}
+    if SETUP_END in src and CHILD_START in src:
+        v = src.replace(SETUP_END, SETUP_END.replace('        return None', '        import gc\n        gc.freeze()\n        return None'))
+        v = v.replace(CHILD_START, "            import gc\n            gc.disable()\n" + CHILD_START)
+        out['gc-freeze'] = v
+    if MAIN in src:
+        i = src.rindex(MAIN)
+        out['early-done'] = src[:i] + EARLY + src[i:]
+        out['prefork'] = src[:i] + PREFORK + src[i:]
+        out['prefork+early'] = src[:i] + PREFORK + EARLY + src[i:]
+        out['inline'] = src[:i] + INLINE + src[i:]
+    return out
+
+
+class Drv:
+    def __init__(self, python, src, cwd):
+        self.p = subprocess.Popen([python, '-c', src], cwd=cwd, stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=open(os.path.join(cwd, 'worker.err'), 'wb'))
+        self.buf = b''
+
+    def send(self, header, blob=b''):
+        h = json.dumps(header).encode()
+        self.p.stdin.write(_LEN.pack(len(h)) + h + _LEN.pack(len(blob)) + blob)
+        self.p.stdin.flush()
+
+    def _read(self, n):
+        data = self.p.stdout.read(n)
+        if len(data) != n:
+            raise RuntimeError('worker closed its stdout')
+        return data
+
+    def recv(self):
+        h = json.loads(self._read(_LEN.unpack(self._read(4))[0]))
+        blob = self._read(_LEN.unpack(self._read(4))[0])
+        return h, blob
+
+    def until(self, ev):
+        while True:
+            h, blob = self.recv()
+            if h.get('ev') == ev:
+                return h, blob
+
+    def cpu(self):
+        st = benchlib.read_stat(self.p.pid)
+        return st[1] + st[2]
+
+    def close(self):
+        try:
+            self.send({'op': 'close'})
+            self.until('closed')
+        except Exception:
+            pass
+        self.p.stdin.close()
+        try:
+            self.p.wait(5)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            self.p.wait(5)
+
+
+def job_msg(k):
+    args, kwargs = pickle.dumps((k,)), pickle.dumps({})
+    return ({'op': 'job', 'id': k, 'uid': k, 'hash': 'h%d' % k, 'start_time': time.time(),
+             'code': None, 'args_len': len(args)}, args + kwargs)
+
+
+def measure(python, src, njobs):
+    d = tempfile.mkdtemp(prefix='dispynode-bench-worker-')
+    w = Drv(python, src, d)
+    try:
+        w.send({'op': 'init', 'code': 'def f(n):\n    return n\n', 'name': 'f', 'setup': None,
+                'cleanup': None, 'dest_path': d, 'node_name': 'bench', 'node_ip_addr': '127.0.0.1',
+                'reply_ip_addr': '127.0.0.1', 'client_addr': ['127.0.0.1', 9], 'scheduler_addr': ['127.0.0.1', 9],
+                'max_file_size': 0, 'msg_timeout': 5.0, 'certfile': None, 'keyfile': None})
+        h, _ = w.until('init')
+        assert h['ok'], h
+        w.send({'op': 'setup'}, pickle.dumps({'compute_id': 1, 'setup_args': ()}))
+        h, _ = w.until('setup')
+        assert h['ok'], h
+        rss_kb = benchlib.vmrss_kb(w.p.pid)
+        # sequential
+        lat = []
+        for k in range(njobs // 2):
+            hdr, blob = job_msg(k)
+            t = time.perf_counter()
+            w.send(hdr, blob)
+            h, res = w.until('done')
+            lat.append((time.perf_counter() - t) * 1e3)
+            assert h['status'] == 11 and pickle.loads(res) == k, (h, res)
+        # two in flight
+        c0, t0 = w.cpu(), time.perf_counter()
+        nxt, done = 0, 0
+        for _ in range(2):
+            w.send(*job_msg(nxt))
+            nxt += 1
+        while done < njobs:
+            h, res = w.until('done')
+            done += 1
+            if nxt < njobs:
+                w.send(*job_msg(nxt))
+                nxt += 1
+        wall = time.perf_counter() - t0
+        cpu = w.cpu() - c0
+        lat.sort()
+        return {'seq_median_ms': statistics.median(lat), 'seq_p90_ms': lat[int(0.9 * len(lat)) - 1],
+                'pipelined_jobs_per_s': njobs / wall, 'cpu_ms_per_job': cpu / njobs * 1e3,
+                'worker_rss_kb': rss_kb}
+    finally:
+        w.close()
+        subprocess.run(['rm', '-rf', d], timeout=30)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('--python', default=benchlib.venv_python(benchlib.default_venv()))
+    ap.add_argument('--jobs', type=int, default=1000)
+    ap.add_argument('--repeat', type=int, default=3)
+    ap.add_argument('--out', default=os.path.join(benchlib.HERE, 'results', 'worker_micro.json'))
+    args = ap.parse_args()
+    with open(WORKER) as fd:
+        src = fd.read()
+    res = {}
+    for rep in range(args.repeat):
+        for name, v in variants(src).items():
+            r = measure(args.python, v, args.jobs)
+            res.setdefault(name, []).append(r)
+            benchlib.log('%-9s %s' % (name, ', '.join('%s %.2f' % kv for kv in r.items())))
+    summary = {name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in res.items()}
+    doc = {'summary': summary, 'runs': res, 'loadavg': benchlib.loadavg(), 'jobs': args.jobs,
+           'python': args.python}
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, 'w') as fd:
+        json.dump(doc, fd, indent=1, sort_keys=True)
+    print('%-14s %14s %11s %16s %13s %14s' % ('variant', 'seq median ms', 'seq p90 ms', '2-in-flight j/s',
+                                              'CPU ms/job', 'worker RSS KiB'))
+    for name, s in summary.items():
+        print('%-14s %14.2f %11.2f %16.0f %13.2f %14d' % (name, s['seq_median_ms'], s['seq_p90_ms'],
+                                                        s['pipelined_jobs_per_s'], s['cpu_ms_per_job'],
+                                                        s['worker_rss_kb']))
+
+
+if __name__ == '__main__':
+    main()

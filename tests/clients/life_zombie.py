@@ -1,0 +1,32 @@
+"""A client that runs one job and then "crashes": after its result came
+back it prints "INFO phase=idle" and waits; the harness then SIGKILLs it
+(never closing its computation).  The node must detect the zombie
+computation (--zombie_interval 1) and free itself.
+
+argv: PORT
+"""
+import time
+
+import common
+import dispy
+import life_common as lc
+
+
+def compute(n):
+    import os
+    return (n + 1, os.getcwd())
+
+
+if __name__ == '__main__':
+    port = common.port()
+    c = lc.cluster_at(compute, port, port - 1, depends=[])
+    job = c.submit(1)
+    ok = common.wait_job(job, 60)
+    common.check('replied', ok and job.status == dispy.DispyJob.Finished,
+                 '%s %r' % (common.status_name(job.status), job.result))
+    if isinstance(job.result, tuple):
+        common.info('dest_dir', job.result[1])
+    common.info('phase', 'idle')
+    # the harness kills us here; never close
+    time.sleep(common.budget(600))
+    common.finish()
