@@ -193,6 +193,7 @@ class ClientLink:
         self.scheduler_addr = tuple(config['scheduler_addr'])
         self.reply_ip_addr = config['reply_ip_addr']
         self.certfile = config.get('certfile')
+        self.cadata = config.get('cadata')
         self.max_file_size = config.get('max_file_size') or 0
         self.reply = None
 
@@ -204,7 +205,7 @@ class ClientLink:
     def _connect(self, relay, timeout):
         addr = self.scheduler_addr if relay else self.client_addr
         sock = socket.create_connection(addr, timeout=timeout)
-        if not self.certfile:
+        if not (self.certfile or self.cadata):
             return sock
         try:
             import ssl
@@ -212,7 +213,12 @@ class ClientLink:
             # chain against it but never the host name, and sends no client cert.
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
             ctx.check_hostname = False
-            ctx.load_verify_locations(self.certfile)
+            # The daemon passes the certificate itself ('cadata'): jobs cannot read the
+            # node's key or certificate files.
+            if self.cadata:
+                ctx.load_verify_locations(cadata=self.cadata)
+            else:
+                ctx.load_verify_locations(self.certfile)
             return ctx.wrap_socket(sock)
         except BaseException:
             sock.close()

@@ -555,7 +555,10 @@ struct SavedConfig<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     secret_file: Option<String>,
     dest_path_prefix: String,
-    state_dir: String,
+    /// Left out when it is the default beneath the prefix, so that a saved file loaded with
+    /// another `--dest_path_prefix` keeps its state beside that prefix.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state_dir: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     scheduler_node: Option<&'a str>,
     scheduler_port: u16,
@@ -734,7 +737,7 @@ impl Config {
             secret: self.secret_file.is_none().then_some(self.secret.as_str()),
             secret_file: self.secret_file.as_deref().map(path),
             dest_path_prefix: path(&self.dest_path_prefix),
-            state_dir: path(&self.state_dir),
+            state_dir: (self.state_dir != self.dest_path_prefix.join(".dispynode")).then(|| path(&self.state_dir)),
             scheduler_node: self.scheduler_node.as_deref(),
             scheduler_port: self.scheduler_port,
             keyfile: self.keyfile.as_deref().map(path),
@@ -2352,6 +2355,8 @@ python = "/usr/bin/python3"
         let c = run(&[
             "-c",
             "1",
+            "--state_dir",
+            "/var/lib/dispynode/state",
             "--scheduler_node",
             "x",
             "--certfile",

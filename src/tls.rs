@@ -77,6 +77,9 @@ pub enum TlsError {
 pub struct Tls {
     pub acceptor: tokio_rustls::TlsAcceptor,
     pub connector: tokio_rustls::TlsConnector,
+    /// The certificate blocks of the certfile (never the key), for jobs that must verify the
+    /// client without being able to read the node's files.
+    certificate_pem: String,
 }
 
 impl std::fmt::Debug for Tls {
@@ -170,6 +173,7 @@ impl Tls {
         Ok(Tls {
             acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server)),
             connector: tokio_rustls::TlsConnector::from(Arc::new(client)),
+            certificate_pem: certificate_blocks(&String::from_utf8_lossy(&cert_pem)),
         })
     }
 
@@ -207,6 +211,28 @@ pub async fn connect(tls: Option<&Tls>, tcp: TcpStream, limit: Duration) -> io::
     match tls {
         Some(t) => t.connect(tcp, limit).await,
         None => Ok(Stream::Plain(tcp)),
+    }
+}
+
+/// The `CERTIFICATE` PEM blocks of a PEM text, without any key that may share the file.
+fn certificate_blocks(pem: &str) -> String {
+    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
+    const END: &str = "-----END CERTIFICATE-----";
+    let mut out = String::new();
+    let mut rest = pem;
+    while let Some(b) = rest.find(BEGIN) {
+        let Some(e) = rest[b..].find(END) else { break };
+        out.push_str(&rest[b..b + e + END.len()]);
+        out.push('\n');
+        rest = &rest[b + e + END.len()..];
+    }
+    out
+}
+
+impl Tls {
+    /// The certificate(s) of the certfile as PEM text, without the private key.
+    pub fn certificate_pem(&self) -> &str {
+        &self.certificate_pem
     }
 }
 
@@ -512,6 +538,17 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_certificate_blocks_reach_jobs() {
+        let pem = "-----BEGIN PRIVATE KEY-----\nSECRET\n-----END PRIVATE KEY-----\n\
+                   -----BEGIN CERTIFICATE-----\nAAA\n-----END CERTIFICATE-----\n\
+                   -----BEGIN CERTIFICATE-----\nBBB\n-----END CERTIFICATE-----\n";
+        let out = super::certificate_blocks(pem);
+        assert!(!out.contains("SECRET") && !out.contains("PRIVATE"));
+        assert_eq!(out.matches("BEGIN CERTIFICATE").count(), 2);
+        assert!(out.contains("AAA") && out.contains("BBB"));
+    }
+
     use super::*;
     use std::process::Command;
 

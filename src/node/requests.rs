@@ -321,8 +321,8 @@ impl Node {
             "scheduler_addr": [c.scheduler_ip_addr, c.job_result_port],
             "max_file_size": self.live().max_file_size,
             "msg_timeout": self.live().msg_timeout.as_secs_f64(),
-            "certfile": self.cfg.certfile.as_ref().map(|p| p.display().to_string()),
-            "keyfile": self.cfg.keyfile.as_ref().map(|p| p.display().to_string()),
+            // Jobs verify the client with the certificate itself: they may not read the files.
+            "cadata": self.tls.as_ref().map(|t| t.certificate_pem()),
         });
         match w.control(header, &[], Some(WORKER_START)).await {
             Ok(r) if r.ok => Ok(w),
