@@ -33,7 +33,7 @@ impl Node {
             };
             let (tag, body) = split_tag(&buf[..n]);
             match tag {
-                b"PING" => self.on_ping(body, peer.ip()),
+                b"PING" => self.on_ping(body, peer.ip().to_canonical()),
                 // Our own and other nodes' announcements arrive here too; they need no answer.
                 b"TERMINATED" | b"PULSE" | b"NODE_INFO" => {}
                 _ => tracing::debug!(client = %peer, "ignored datagram"),

@@ -24,6 +24,8 @@ type Conn = crate::tls::Stream;
 
 impl Node {
     pub(crate) async fn serve_connection(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr) {
+        // Dual-stack sockets (systemd's) show IPv4 clients as ::ffff:a.b.c.d.
+        let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
         let t = self.msg_timeout();
         let mut s: Conn = match crate::tls::accept(self.tls.as_ref(), tcp, t).await {
             Ok(s) => s,
@@ -53,7 +55,7 @@ impl Node {
         let (tag, body) = split_tag(&msg);
         if !authed {
             if tag == b"PING" {
-                self.on_ping(body, peer.ip());
+                self.on_ping(body, peer.ip().to_canonical());
             } else {
                 tracing::warn!(client = %peer, request = %String::from_utf8_lossy(&tag[..tag.len().min(20)]), "refused request: wrong auth (secret mismatch?)");
             }
@@ -64,7 +66,7 @@ impl Node {
         }
         let r = match tag {
             b"PING" => {
-                self.on_ping(body, peer.ip());
+                self.on_ping(body, peer.ip().to_canonical());
                 Ok(())
             }
             b"COMPUTE" => self.on_compute(&mut s, body, peer).await,
@@ -260,7 +262,7 @@ impl Node {
                     return Err("empty dest_path".into());
                 }
                 sched
-                    .subdir(&comps, Some(Mode::from_bits_truncate(0o2770)))
+                    .subdir(&comps, Some(Mode::from_bits_truncate(0o770)))
                     .map_err(|e| e.to_string())?
             }
             None => {
@@ -268,7 +270,7 @@ impl Node {
                 let mut made = None;
                 for _ in 0..16 {
                     let name = format!("{}_{}", c.id, random_suffix());
-                    match sched.mkdir_new(&name, Mode::from_bits_truncate(0o2770)) {
+                    match sched.mkdir_new(&name, Mode::from_bits_truncate(0o770)) {
                         Ok(d) => {
                             made = Some(d);
                             break;
@@ -387,7 +389,7 @@ impl Node {
         let name = xf.base_name().to_owned();
         let rel: PathBuf = comps.iter().collect::<PathBuf>().join(&name);
         let dir = match Dir::open(&comp_dir)
-            .and_then(|d| d.subdir(&comps, Some(Mode::from_bits_truncate(0o2770))))
+            .and_then(|d| d.subdir(&comps, Some(Mode::from_bits_truncate(0o770))))
         {
             Ok(d) => d,
             Err(e) => {
