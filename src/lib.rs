@@ -1,4 +1,5 @@
 //! dispynode: a wire-compatible, hardened node server for dispy clients.
+pub mod assets;
 pub mod config;
 pub mod limits;
 pub mod net;

@@ -11,6 +11,10 @@ fn main() -> ExitCode {
     if argv.get(1).is_some_and(|a| a == dispynode::sandbox::JAIL_ARG) {
         dispynode::sandbox::jail_main(argv);
     }
+    // Packaging: the man page and shell completions, generated from the CLI definition.
+    if argv.get(1).is_some_and(|a| a == dispynode::assets::GENERATE_ARG) {
+        return dispynode::assets::generate_main(&argv[2..]);
+    }
     let cfg = match config::parse_args(argv) {
         Ok(Command::Run(cfg)) => cfg,
         Ok(Command::SaveConfig { toml, path }) => return save_config(&toml, path.as_deref()),
