@@ -24,7 +24,7 @@ faulthandler.dump_traceback_later(_WATCHDOG, exit=True)
 # Every bounded wait below is also capped by this deadline, so that a script
 # whose node never answers still reaches its end (and prints all its CHECK
 # lines) before the watchdog fires.
-_DEADLINE = time.time() + max(_WATCHDOG - 15, 5)
+_DEADLINE = time.time() + max(_WATCHDOG - 15, _WATCHDOG * 0.8)
 
 import dispy  # noqa: E402
 

@@ -18,6 +18,7 @@ MODE clean: a second job (a `sleep TOKEN` child, then sleeping) is still
 
 argv: PORT MODE [DIGITS]   (the sleep's argument is 100.DIGITS)
 """
+import os
 import time
 
 import common
@@ -75,7 +76,6 @@ if __name__ == '__main__':
     common.check('closed', c.close(timeout=2, terminate=True), 'close failed')
     for p in lc.with_token(token) if token else []:
         try:
-            import os
             os.kill(p[0], 9)
         except OSError:
             pass

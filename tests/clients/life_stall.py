@@ -10,7 +10,6 @@ argv: PORT
 import time
 
 import common
-import dispy
 import life_common as lc
 
 

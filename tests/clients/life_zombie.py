@@ -26,6 +26,10 @@ if __name__ == '__main__':
                  '%s %r' % (common.status_name(job.status), job.result))
     if isinstance(job.result, tuple):
         common.info('dest_dir', job.result[1])
+    # job.finish is set before the client ACKs the reply: let the ACK go out
+    # (else the node saves the reply, and the reference then keeps the
+    # directory, protocol §4.1)
+    time.sleep(1.5)
     common.info('phase', 'idle')
     # the harness kills us here; never close
     time.sleep(common.budget(600))
