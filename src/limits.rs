@@ -18,6 +18,12 @@ pub const MAX_DATAGRAM: usize = 1000;
 /// A PING names the client's addresses; answering more than a few would let a forged PING
 /// turn the node into a connection amplifier.
 pub const MAX_PONG_TARGETS: usize = 4;
+/// PONGs being sent at once; a flood of forged PINGs beyond this is dropped, so it cannot
+/// make the node hold many sockets.
+pub const MAX_PONGS_IN_FLIGHT: usize = 32;
+/// Components of a path a client names (dest_path, a file's directory): dispy's own are a
+/// few levels deep; a hostile one could ask for thousands of nested directories.
+pub const MAX_PATH_COMPONENTS: usize = 32;
 /// Connections served at once; further ones wait in the kernel's backlog.
 pub const MAX_CONNECTIONS: usize = 1024;
 /// Largest frame the Python worker may send (a job result travels in it).

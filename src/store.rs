@@ -17,6 +17,8 @@ use thiserror::Error;
 pub enum PathError {
     #[error("path component {0:?} is not allowed")]
     BadComponent(String),
+    #[error("paths may have at most {0} components")]
+    TooDeep(usize),
     #[error("absolute paths are not allowed: {0:?}")]
     Absolute(String),
     #[error("{path}: {source}")]
@@ -51,6 +53,9 @@ pub fn relative_components(path: &str, sep: &str) -> Result<Vec<String>, PathErr
         }
         check_component(c)?;
         out.push(c.to_owned());
+        if out.len() > crate::limits::MAX_PATH_COMPONENTS {
+            return Err(PathError::TooDeep(crate::limits::MAX_PATH_COMPONENTS));
+        }
     }
     Ok(out)
 }
@@ -233,14 +238,93 @@ impl Dir {
     }
 }
 
-/// Removes a directory tree that we created, refusing to cross symlinks (`remove_dir_all`
-/// in std does not follow them either).
+/// Removes a directory tree that we created, never following symlinks. Iterative and with
+/// short paths whatever the depth: a job may leave a tree thousands of levels deep, which
+/// would overflow the stack of a recursive removal (std's `remove_dir_all`) or exceed
+/// PATH_MAX. Subdirectories are first moved up to the top of the tree, then emptied there.
 pub fn remove_tree(path: &Path) -> io::Result<()> {
     match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_dir() => std::fs::remove_dir_all(path),
-        Ok(_) => std::fs::remove_file(path),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
+        Ok(m) if m.file_type().is_dir() => {}
+        Ok(_) => return std::fs::remove_file(path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    let root = Dir::open(path).map_err(to_io)?;
+    let mut queue: Vec<String> = Vec::new();
+    let mut seq: u64 = 0;
+    // The root itself first, then every directory moved up into it.
+    let mut current: Option<String> = None;
+    loop {
+        let dir = match &current {
+            None => root.subdir(&[], None).map_err(to_io)?,
+            Some(name) => match root.subdir(std::slice::from_ref(name), None) {
+                Ok(d) => d,
+                Err(_) => {
+                    let _ = nix::unistd::unlinkat(Some(root.fd.as_raw_fd()), name.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
+                    match queue.pop() {
+                        Some(n) => {
+                            current = Some(n);
+                            continue;
+                        }
+                        None => break,
+                    }
+                }
+            },
+        };
+        let mut entries = nix::dir::Dir::openat(
+            Some(dir.fd.as_raw_fd()),
+            ".",
+            OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(io::Error::from)?;
+        let names: Vec<(CString, bool)> = entries
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_bytes() != b"." && e.file_name().to_bytes() != b"..")
+            .map(|e| (e.file_name().to_owned(), e.file_type() == Some(nix::dir::Type::Directory)))
+            .collect();
+        drop(entries);
+        for (name, is_dir) in names {
+            let is_dir = is_dir || {
+                let st = nix::sys::stat::fstatat(Some(dir.fd.as_raw_fd()), name.as_c_str(), nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW);
+                st.is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+            };
+            if is_dir {
+                // Move it up next to the others: paths never grow with the depth.
+                seq += 1;
+                let flat = format!(".rm-{}-{seq}", std::process::id());
+                nix::fcntl::renameat(Some(dir.fd.as_raw_fd()), name.as_c_str(), Some(root.fd.as_raw_fd()), flat.as_str())
+                    .map_err(io::Error::from)?;
+                queue.push(flat);
+            } else {
+                match nix::unistd::unlinkat(Some(dir.fd.as_raw_fd()), name.as_c_str(), nix::unistd::UnlinkatFlags::NoRemoveDir) {
+                    Ok(()) | Err(nix::Error::ENOENT) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        if let Some(name) = &current {
+            match nix::unistd::unlinkat(Some(root.fd.as_raw_fd()), name.as_str(), nix::unistd::UnlinkatFlags::RemoveDir) {
+                // Not empty: something new appeared (a job still running?); go over it again.
+                Err(nix::Error::ENOTEMPTY) => queue.push(name.clone()),
+                Ok(()) | Err(nix::Error::ENOENT) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        match queue.pop() {
+            Some(n) => current = Some(n),
+            None => break,
+        }
+    }
+    drop(root);
+    std::fs::remove_dir(path)
+}
+
+fn to_io(e: PathError) -> io::Error {
+    match e {
+        PathError::Io { source, .. } => source,
+        other => io::Error::other(other.to_string()),
     }
 }
 
@@ -263,6 +347,7 @@ mod tests {
             vec!["a", "b"]
         );
         assert!(relative_components("", "/").unwrap().is_empty());
+        assert!(matches!(relative_components(&"a/".repeat(40), "/"), Err(PathError::TooDeep(_))));
         assert!(matches!(
             relative_components("../x", "/"),
             Err(PathError::BadComponent(_))
@@ -304,6 +389,28 @@ mod tests {
         std::os::unix::fs::symlink(outside.path().join("f"), root.path().join("f")).unwrap();
         assert!(dir.file_stat("f").is_none());
         assert!(Dir::open(&root.path().join("evil")).is_err());
+    }
+
+    #[test]
+    fn remove_tree_handles_deep_trees_and_symlinks() {
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("keep"), b"x").unwrap();
+        let top = root.path().join("t");
+        std::fs::create_dir(&top).unwrap();
+        // 3000 levels: deeper than PATH_MAX allows to name, deep enough to overflow recursion.
+        let dir = Dir::open(&top).unwrap();
+        let comps: Vec<String> = (0..3000).map(|_| "d".to_owned()).collect();
+        let deep = dir.subdir(&comps, Some(Mode::from_bits_truncate(0o755))).unwrap();
+        let (mut f, tmp) = deep.create_temp("f").unwrap();
+        f.write_all(b"x").unwrap();
+        drop(deep);
+        let _ = tmp;
+        std::os::unix::fs::symlink(outside.path(), top.join("link")).unwrap();
+        remove_tree(&top).unwrap();
+        assert!(!top.exists());
+        assert!(outside.path().join("keep").exists(), "a symlink must not be followed");
+        remove_tree(&top).unwrap();
     }
 
     #[test]

@@ -341,7 +341,13 @@ fn scheduler_port(node: &Node) -> u16 {
 }
 
 /// `dispy._Compute` of a function computation, as the client pickles it (§2.2.1).
-fn compute_value(node: &Node, id: i64, auth: &str, dest_path: Option<&str>, xfer_files: Vec<Value>) -> Value {
+fn compute_value(
+    node: &Node,
+    id: i64,
+    auth: &str,
+    dest_path: Option<&str>,
+    xfer_files: Vec<Value>,
+) -> Value {
     let port = Value::Int(i64::from(scheduler_port(node)));
     Value::object(
         "dispy",
@@ -351,7 +357,10 @@ fn compute_value(node: &Node, id: i64, auth: &str, dest_path: Option<&str>, xfer
             ("name", Value::Str("compute".into())),
             ("id", Value::Int(id)),
             ("code", Value::Str("def compute(n):\n    return n\n".into())),
-            ("dest_path", dest_path.map_or(Value::None, |d| Value::Str(d.into()))),
+            (
+                "dest_path",
+                dest_path.map_or(Value::None, |d| Value::Str(d.into())),
+            ),
             ("xfer_files", Value::List(xfer_files)),
             ("reentrant", Value::Bool(false)),
             ("exclusive", Value::Bool(true)),
@@ -409,7 +418,10 @@ fn job_value(compute_id: i64, args: Vec<u8>) -> Value {
             ("hash", Value::Str("e86ed7b6db29558f9cf".into())),
             ("compute_id", Value::Int(compute_id)),
             ("_args", Value::Bytes(args)),
-            ("_kwargs", Value::Bytes(pickle::encode(&Value::Dict(vec![])))),
+            (
+                "_kwargs",
+                Value::Bytes(pickle::encode(&Value::Dict(vec![]))),
+            ),
             ("xfer_files", Value::List(vec![])),
             ("code", Value::Str(String::new())),
         ]),
@@ -445,9 +457,15 @@ fn register(node: &Node, prefix: &[u8], dest_path: Option<&str>) -> RawComputati
     let o = request(
         node,
         prefix,
-        &message("COMPUTE", &compute_value(node, c.id, &c.auth, dest_path, vec![])),
+        &message(
+            "COMPUTE",
+            &compute_value(node, c.id, &c.auth, dest_path, vec![]),
+        ),
     );
-    node.ensure(o.accepted_compute(), &format!("legitimate COMPUTE refused: {o:?}"));
+    node.ensure(
+        o.accepted_compute(),
+        &format!("legitimate COMPUTE refused: {o:?}"),
+    );
     c
 }
 
@@ -546,10 +564,7 @@ fn cheap_bombs() -> Vec<(&'static str, Vec<u8>)> {
     huge_list.extend(std::iter::repeat_n(b'N', 1_100_000));
     huge_list.extend_from_slice(b"l.");
     vec![
-        (
-            "deep_tuple1",
-            bomb(&[P4, b"N", &[0x85; 100_000], b"."]),
-        ),
+        ("deep_tuple1", bomb(&[P4, b"N", &[0x85; 100_000], b"."])),
         (
             "deep_list_append",
             bomb(&[P4, &[b']'; 50_000], &[b'a'; 49_999], b"."]),
@@ -576,7 +591,10 @@ fn cheap_bombs() -> Vec<(&'static str, Vec<u8>)> {
             "binunicode8_claims_2_62",
             bomb(&[P4, b"\x8d", &(1u64 << 62).to_le_bytes(), b"."]),
         ),
-        ("long4_claims_2_gib", bomb(&[P4, b"\x8b\xff\xff\xff\x7f", b"."])),
+        (
+            "long4_claims_2_gib",
+            bomb(&[P4, b"\x8b\xff\xff\xff\x7f", b"."]),
+        ),
         (
             "frame_claims_2_63",
             bomb(&[b"\x80\x05\x95", &(1u64 << 63).to_le_bytes(), b"N."]),
@@ -605,7 +623,10 @@ fn wrong_auth_prefix_with_compute() {
     let (mut node, base) = start(&[]);
     let auth = node_auth(&node, "");
     let id = new_compute_id();
-    let compute = message("COMPUTE", &compute_value(&node, id, &random_sign(), None, vec![]));
+    let compute = message(
+        "COMPUTE",
+        &compute_value(&node, id, &random_sign(), None, vec![]),
+    );
     let mut upper = auth;
     upper.make_ascii_uppercase();
     let mut last = auth;
@@ -618,7 +639,12 @@ fn wrong_auth_prefix_with_compute() {
         ("auth of another secret", auth::auth_code("x", "y").to_vec()),
     ];
     for (what, prefix) in &wrong {
-        let (o, took) = exchange(&node, &[prefix.as_slice(), &framed(&compute)].concat(), true, IO);
+        let (o, took) = exchange(
+            &node,
+            &[prefix.as_slice(), &framed(&compute)].concat(),
+            true,
+            IO,
+        );
         node.ensure(
             o.dropped(),
             &format!("COMPUTE with a wrong prefix ({what}) got {o:?} after {took:?}"),
@@ -646,7 +672,13 @@ fn random_bytes() {
     let auth = node_auth(&node, "");
     let mut rng = rand::thread_rng();
     let tags: [&[u8]; 8] = [
-        b"COMPUTE:", b"JOB:", b"FILEXFER:", b"SETUP:", b"CLOSE:", b"PING:", b"TERMINATE_JOB:",
+        b"COMPUTE:",
+        b"JOB:",
+        b"FILEXFER:",
+        b"SETUP:",
+        b"CLOSE:",
+        b"PING:",
+        b"TERMINATE_JOB:",
         b"",
     ];
     for i in 0..80 {
@@ -662,7 +694,11 @@ fn random_bytes() {
             1 => [&[b'x'; AUTH_LEN][..], &junk].concat(),
             2 => [&auth[..], &junk].concat(),
             // well-framed random bodies behind each tag, with and without the auth
-            3 => [&[b'x'; AUTH_LEN][..], &framed(&[tags[i % 8], &junk].concat())].concat(),
+            3 => [
+                &[b'x'; AUTH_LEN][..],
+                &framed(&[tags[i % 8], &junk].concat()),
+            ]
+            .concat(),
             _ => [&auth[..], &framed(&[tags[i % 8], &junk].concat())].concat(),
         };
         let (o, took) = exchange(&node, &data, true, IO);
@@ -687,13 +723,18 @@ fn length_prefix_of_4_gib() {
     // msg_timeout 5 (the default): the refusals below must come well before it.
     let (mut node, base) = start(&[]);
     let auth = node_auth(&node, "");
-    for (what, prefix) in [("unauthenticated", vec![b'x'; AUTH_LEN]), ("authenticated", auth.to_vec())] {
+    for (what, prefix) in [
+        ("unauthenticated", vec![b'x'; AUTH_LEN]),
+        ("authenticated", auth.to_vec()),
+    ] {
         for half_close in [false, true] {
             let data = [prefix.as_slice(), &[0xff; 4], b"COMPUTE:\x80\x04N."].concat();
             let (o, took) = exchange(&node, &data, half_close, IO);
             node.ensure(
                 o.dropped() && took < Duration::from_secs(3),
-                &format!("{what} 0xFFFFFFFF length (half-close {half_close}): {o:?} after {took:?}"),
+                &format!(
+                    "{what} 0xFFFFFFFF length (half-close {half_close}): {o:?} after {took:?}"
+                ),
             );
         }
     }
@@ -739,7 +780,10 @@ fn truncated_frames() {
     let whole = framed(&compute);
     let cases: Vec<(String, Vec<u8>)> = vec![
         ("20 bytes of prefix".into(), vec![b'x'; 20]),
-        ("auth + 2 header bytes".into(), [&auth[..], &whole[..2]].concat()),
+        (
+            "auth + 2 header bytes".into(),
+            [&auth[..], &whole[..2]].concat(),
+        ),
         (
             "auth + half a frame".into(),
             [&auth[..], &whole[..whole.len() / 2]].concat(),
@@ -874,7 +918,10 @@ fn pickle_bombs_in_authenticated_requests() {
                     && !o.accepted_compute()
                     && o != Outcome::Reply(b"ACK".to_vec())
                     && took < Duration::from_secs(10),
-                &format!("{tag} with bomb {name} ({} bytes): {o:?} after {took:?}", p.len()),
+                &format!(
+                    "{tag} with bomb {name} ({} bytes): {o:?} after {took:?}",
+                    p.len()
+                ),
             );
             node.assert_alive();
         }
@@ -909,8 +956,13 @@ fn pickle_bomb_memo_repeat_keeps_memory_bounded() {
         let t0 = Instant::now();
         let o = request(&node, &auth, &[format!("{tag}:").as_bytes(), &p].concat());
         node.ensure(
-            !matches!(o, Outcome::TimedOut) && !o.accepted_compute() && o != Outcome::Reply(b"ACK".to_vec()),
-            &format!("{tag} with a memo-repeat bomb: {o:?} after {:?}", t0.elapsed()),
+            !matches!(o, Outcome::TimedOut)
+                && !o.accepted_compute()
+                && o != Outcome::Reply(b"ACK".to_vec()),
+            &format!(
+                "{tag} with a memo-repeat bomb: {o:?} after {:?}",
+                t0.elapsed()
+            ),
         );
         node.assert_alive();
     }
@@ -958,7 +1010,7 @@ fn path_escapes_then_a_normal_job() {
     let c = register(&node, &auth, Some("hostile_dest"));
     for (name, dest) in [
         ("/client/escape_a.txt", "../../../.."),
-        ("/client/escape_b.txt", "/tmp"),
+        ("/client/escape_b.txt", base_dir.as_str()),
         ("/client/escape_c.txt", "a/../../../../.."),
         ("/client/..", ""),
         ("/client/.", ""),
@@ -1043,8 +1095,13 @@ fn symlink_planted_by_an_earlier_job() {
         &format!("the directory outside the prefix changed: {before:?} -> {after:?}"),
     );
     node.ensure(
-        std::fs::read_to_string(outside.path().join("victim.txt")).ok().as_deref() == Some("precious\n")
-            && std::fs::read_to_string(outside.path().join("keep").join("inner.txt")).ok().as_deref()
+        std::fs::read_to_string(outside.path().join("victim.txt"))
+            .ok()
+            .as_deref()
+            == Some("precious\n")
+            && std::fs::read_to_string(outside.path().join("keep").join("inner.txt"))
+                .ok()
+                .as_deref()
                 == Some("inner\n"),
         "a file outside the prefix was modified",
     );
@@ -1058,7 +1115,9 @@ fn walk(root: &Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in rd.flatten() {
             let p = e.path();
             if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
@@ -1089,35 +1148,65 @@ fn file_over_max_file_size() {
             &compute_value(&node, new_compute_id(), &random_sign(), None, vec![big_dep]),
         ),
     );
-    node.ensure(!o.accepted_compute(), &format!("COMPUTE with a 20000-byte depends: {o:?}"));
+    node.ensure(
+        !o.accepted_compute(),
+        &format!("COMPUTE with a 20000-byte depends: {o:?}"),
+    );
     let c = register(&node, &auth, Some("hostile_sizes"));
     let dir = node.computations_dir().join("hostile_sizes");
     // Over the limit: refused before any data.
-    let r = filexfer(&node, &auth, &xfer_value("/client/big.bin", "", 20_000, c.id), &[7; 20_000]);
+    let r = filexfer(
+        &node,
+        &auth,
+        &xfer_value("/client/big.bin", "", 20_000, c.id),
+        &[7; 20_000],
+    );
     node.ensure(matches!(r, Ok(-1)), &format!("20000-byte FILEXFER: {r:?}"));
     // u64::MAX bytes announced (as i64 -1 in the stat tuple would not parse: use 2^62).
-    let r = filexfer(&node, &auth, &xfer_value("/client/huge.bin", "", 1 << 62, c.id), b"x");
+    let r = filexfer(
+        &node,
+        &auth,
+        &xfer_value("/client/huge.bin", "", 1 << 62, c.id),
+        b"x",
+    );
     node.ensure(matches!(r, Ok(-1)), &format!("2^62-byte FILEXFER: {r:?}"));
     // Within the limit, but the client sends only part of it and goes away.
     let mut s = connect(&node);
     s.write_all(
         &[
             &auth[..],
-            &framed(&message("FILEXFER", &xfer_value("/client/cut.bin", "", 5000, c.id))),
+            &framed(&message(
+                "FILEXFER",
+                &xfer_value("/client/cut.bin", "", 5000, c.id),
+            )),
         ]
         .concat(),
     )
     .expect("send");
     let first = read_outcome(&mut s, IO);
-    node.ensure(first.value() == Some(Value::Int(0)), &format!("first ack: {first:?}"));
+    node.ensure(
+        first.value() == Some(Value::Int(0)),
+        &format!("first ack: {first:?}"),
+    );
     s.write_all(&[1; 100]).expect("send part");
     drop(s);
     // Within the limit, complete.
-    let r = filexfer(&node, &auth, &xfer_value("/client/ok.bin", "", 5000, c.id), &[9; 5000]);
+    let r = filexfer(
+        &node,
+        &auth,
+        &xfer_value("/client/ok.bin", "", 5000, c.id),
+        &[9; 5000],
+    );
     node.ensure(matches!(r, Ok(5000)), &format!("5000-byte FILEXFER: {r:?}"));
     thread::sleep(Duration::from_millis(300));
+    // (`.tmp` is the jobs' TMPDIR, which the node makes in every computation directory.)
     let mut names: Vec<String> = std::fs::read_dir(&dir)
-        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n != ".tmp")
+                .collect()
+        })
         .unwrap_or_default();
     names.sort();
     node.ensure(
@@ -1133,6 +1222,90 @@ fn file_over_max_file_size() {
     finish(&mut node, &base);
 }
 
+/// Depth of the directory trees below: deep enough that a recursive removal overflows a
+/// 2 MiB thread stack (tokio's default), far below what the filesystem allows.
+const DEEP: usize = 6000;
+
+/// Removes a directory with `rm -rf` when dropped (declare it after the Node, so it runs
+/// first): the TempDir holding the node's prefix is removed with std's recursive
+/// `remove_dir_all`, which overflows the test's own stack on the trees these tests make.
+struct RmRf(std::path::PathBuf);
+
+impl Drop for RmRf {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("rm")
+            .arg("-rf")
+            .arg(&self.0)
+            .stdin(std::process::Stdio::null())
+            .status();
+    }
+}
+
+/// A FILEXFER whose dest_path has 20000 components: the node either refuses it or creates
+/// the tree, and then it must survive removing that tree when the computation closes.
+#[test]
+fn deep_tree_from_filexfer_then_close() {
+    if skip_under_reference(SKIP) {
+        return;
+    }
+    let (mut node, base) = start(&[]);
+    let _rm = RmRf(node.computations_dir());
+    let auth = node_auth(&node, "");
+    let c = register(&node, &auth, Some("hostile_deep_xfer"));
+    let dest = vec!["d"; DEEP].join("/");
+    let t0 = Instant::now();
+    let r = filexfer(
+        &node,
+        &auth,
+        &xfer_value("/client/deep.txt", &dest, 4, c.id),
+        b"deep",
+    );
+    eprintln!(
+        "FILEXFER with {DEEP} components: {r:?} after {:?}",
+        t0.elapsed()
+    );
+    node.assert_alive();
+    // CLOSE removes the computation directory (cleanup=True) with the tree in it.
+    let o = request(&node, &auth, &message("CLOSE", &close_value(c.id, &c.auth)));
+    thread::sleep(Duration::from_millis(500));
+    node.assert_alive();
+    node.ensure(
+        o == Outcome::Reply(b"ACK".to_vec()),
+        &format!("CLOSE not acknowledged: {o:?}"),
+    );
+    let dir = node.computations_dir().join("hostile_deep_xfer");
+    node.ensure(
+        !dir.exists(),
+        &format!("{} still exists after close", dir.display()),
+    );
+    normal_job(&node, "deep-xfer");
+    finish(&mut node, &base);
+}
+
+/// A job (cleanup=True) leaves a 20000-deep directory tree in its computation directory;
+/// the node removes the directory at close and must survive it.
+#[test]
+fn deep_tree_made_by_a_job_then_close() {
+    if skip_under_reference(SKIP) {
+        return;
+    }
+    let (mut node, base) = start(&[]);
+    let _rm = RmRf(node.computations_dir());
+    let depth = DEEP.to_string();
+    let run = run_against(&node, "hostile_deep", &[&depth]);
+    thread::sleep(Duration::from_millis(500));
+    node.assert_alive();
+    run.assert_checks(&node, &["replied", "finished", "closed"]);
+    if let Some(dir) = run.info("dest_dir") {
+        node.ensure(
+            !Path::new(&dir).exists(),
+            &format!("{dir} still exists after close"),
+        );
+    }
+    normal_job(&node, "deep-job");
+    finish(&mut node, &base);
+}
+
 /// 500 idle connections at once: a normal job still runs while they are open, the node drops
 /// them after msg_timeout, and its descriptors go back down.
 #[test]
@@ -1145,7 +1318,10 @@ fn five_hundred_idle_connections() {
     let idle: Vec<TcpStream> = (0..500).map(|_| connect(&node)).collect();
     let t0 = Instant::now();
     normal_job(&node, "idle");
-    eprintln!("the normal job took {:?} next to 500 idle connections", t0.elapsed());
+    eprintln!(
+        "the normal job took {:?} next to 500 idle connections",
+        t0.elapsed()
+    );
     // All of them are dropped by the node (EOF on our side), within msg_timeout and a margin
     // (they were accepted while the job ran, at most MAX_CONNECTIONS at a time).
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -1156,7 +1332,9 @@ fn five_hundred_idle_connections() {
     while !open.is_empty() && Instant::now() < deadline {
         let mut b = [0u8; 16];
         // Still open while a read would block; EOF, data or an error end it.
-        open.retain_mut(|s| matches!(s.read(&mut b), Err(ref e) if e.kind() == ErrorKind::WouldBlock));
+        open.retain_mut(
+            |s| matches!(s.read(&mut b), Err(ref e) if e.kind() == ErrorKind::WouldBlock),
+        );
         thread::sleep(Duration::from_millis(200));
     }
     node.ensure(
@@ -1199,7 +1377,10 @@ fn udp_garbage_and_forged_pings() {
         [b"PING:".as_slice(), &laughs(30, 3)].concat(),
         [b"PING:".as_slice(), P4, &[0x85; 900], b"."].concat(),
         [b"PING:".as_slice(), &memo_repeat(900, 40)].concat(),
-        message("PING", &Value::str_dict([("version", Value::Str("4.15.2".into()))])),
+        message(
+            "PING",
+            &Value::str_dict([("version", Value::Str("4.15.2".into()))]),
+        ),
         message("PING", &ping_value("s", 0, &[])),
         message("PING", &Value::List(vec![Value::Int(1); 60])),
         b"TERMINATED:junk".to_vec(),
@@ -1220,7 +1401,10 @@ fn udp_garbage_and_forged_pings() {
     }
     thread::sleep(Duration::from_millis(500));
     node.assert_alive();
-    node.ensure(!marker.exists(), "the daemon executed a UDP PING's os.system");
+    node.ensure(
+        !marker.exists(),
+        "the daemon executed a UDP PING's os.system",
+    );
 
     // Forged PINGs listing many addresses: PONGs go to at most MAX_PONG_TARGETS of them.
     // Listeners on 127.0.0.2..=127.0.0.101, all on the same port.
@@ -1246,7 +1430,11 @@ fn udp_garbage_and_forged_pings() {
                 while let Ok((mut s, _)) = l.accept() {
                     s.set_nonblocking(false).expect("blocking");
                     if let Outcome::Reply(b) = read_outcome(&mut s, Duration::from_secs(5)) {
-                        assert!(b.starts_with(b"PONG:"), "not a PONG: {:?}", String::from_utf8_lossy(&b));
+                        assert!(
+                            b.starts_with(b"PONG:"),
+                            "not a PONG: {:?}",
+                            String::from_utf8_lossy(&b)
+                        );
                     }
                     n += 1;
                     to.insert(l.local_addr().expect("addr").ip().to_string());
@@ -1264,10 +1452,15 @@ fn udp_garbage_and_forged_pings() {
         let (n, to) = count_pongs(&listeners, Duration::from_secs(3));
         node.ensure(
             n <= MAX_PONG_TARGETS,
-            &format!("a UDP PING listing {what} addresses made the node connect {n} times ({to:?})"),
+            &format!(
+                "a UDP PING listing {what} addresses made the node connect {n} times ({to:?})"
+            ),
         );
         if what == "60" {
-            node.ensure(n >= 1, "no PONG at all to a well-formed UDP PING listing 60 addresses");
+            node.ensure(
+                n >= 1,
+                "no PONG at all to a well-formed UDP PING listing 60 addresses",
+            );
         }
         let mut s = connect(&node);
         let _ = s.write_all(&[&[b'x'; AUTH_LEN][..], &framed(&ping)].concat());
@@ -1275,12 +1468,17 @@ fn udp_garbage_and_forged_pings() {
         let (n, to) = count_pongs(&listeners, Duration::from_secs(3));
         node.ensure(
             n <= MAX_PONG_TARGETS,
-            &format!("a TCP PING listing {what} addresses made the node connect {n} times ({to:?})"),
+            &format!(
+                "a TCP PING listing {what} addresses made the node connect {n} times ({to:?})"
+            ),
         );
     }
     // The same address 60 times: one PONG.
     let same: Vec<String> = vec!["127.0.0.2".into(); 60];
-    let _ = u.send_to(&message("PING", &ping_value(&random_sign(), port, &same)), node_udp);
+    let _ = u.send_to(
+        &message("PING", &ping_value(&random_sign(), port, &same)),
+        node_udp,
+    );
     let (n, _) = count_pongs(&listeners, Duration::from_secs(3));
     node.ensure(n <= 1, &format!("60 copies of one address: {n} PONGs"));
     drop(listeners);
@@ -1308,7 +1506,8 @@ fn forged_ping_flood_keeps_descriptors_bounded() {
         let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
             .expect("socket");
         let a: SocketAddr = format!("{ip}:{port}").parse().expect("addr");
-        s.bind(&a.into()).unwrap_or_else(|e| panic!("bind {a}: {e}"));
+        s.bind(&a.into())
+            .unwrap_or_else(|e| panic!("bind {a}: {e}"));
         s.listen(0).expect("listen");
         s.into()
     };
@@ -1370,11 +1569,11 @@ fn forged_ping_flood_keeps_descriptors_bounded() {
 
 mod props {
     use super::*;
-    use dispynode::protocol::message::{
-        program_args, status, Cleanup, Compute, ComputeKind, ComputeRequest, Job, JobReply,
-        Output, Ping, Pong, XferFile,
-    };
     use dispynode::protocol::frame::{split, split_tag, FrameError, HEADER_LEN};
+    use dispynode::protocol::message::{
+        program_args, status, Cleanup, Compute, ComputeKind, ComputeRequest, Job, JobReply, Output,
+        Ping, Pong, XferFile,
+    };
     use dispynode::store;
     use proptest::prelude::*;
 
@@ -1429,7 +1628,14 @@ mod props {
         })
     }
 
-    fn xfer_of(name: String, dest_path: String, sep: String, size: u64, mode: u32, mtime: f64) -> Value {
+    fn xfer_of(
+        name: String,
+        dest_path: String,
+        sep: String,
+        size: u64,
+        mode: u32,
+        mtime: f64,
+    ) -> Value {
         Value::object(
             "dispy",
             "_XferFile",
@@ -1690,7 +1896,8 @@ mod props {
                 Err(e) => prop_assert!(false, "{e}"),
             }
             let at = cut.index(f.len());
-            prop_assert!(matches!(split(&f[..at], u64::MAX), Err(FrameError::Truncated { .. })));
+            let truncated = matches!(split(&f[..at], u64::MAX), Err(FrameError::Truncated { .. }));
+            prop_assert!(truncated, "a frame cut at {} of {} bytes", at, f.len());
         }
 
         /// split_tag takes the tag off `TAG:body` and leaves bare tokens whole.

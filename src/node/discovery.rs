@@ -105,7 +105,12 @@ impl Node {
                 let addr = SocketAddr::new(*t, ping.port);
                 let limit = self.msg_timeout();
                 let node = self.clone();
+                let Ok(slot) = self.pong_slots.clone().try_acquire_owned() else {
+                    tracing::debug!(client = %src, "PONG dropped: too many in flight");
+                    return;
+                };
                 tokio::spawn(async move {
+                    let _slot = slot;
                     match net::request(addr, &msg, false, limit, node.tls.as_ref()).await {
                         Ok(_) => tracing::debug!(client = %addr, "PONG sent"),
                         Err(e) => tracing::debug!(client = %addr, error = %e, "PONG not delivered"),

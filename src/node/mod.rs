@@ -143,6 +143,8 @@ pub struct Node {
     pub(crate) jobs_changed: Notify,
     /// Undelivered results, kept in the state directory until the client acknowledges them.
     pub(crate) results: Arc<crate::results::ResultStore>,
+    /// Bounds the PONGs in flight (see `limits::MAX_PONGS_IN_FLIGHT`).
+    pub(crate) pong_slots: Arc<tokio::sync::Semaphore>,
     /// TLS for every TCP connection, both ways, when a certfile is configured.
     pub(crate) tls: Option<crate::tls::Tls>,
     /// Processes we started, for `--clean` after a crash.
@@ -519,6 +521,7 @@ pub async fn serve(p: Prepared) -> Result<(), NodeError> {
         results: Arc::new(results),
         procs,
         tls,
+        pong_slots: Arc::new(tokio::sync::Semaphore::new(crate::limits::MAX_PONGS_IN_FLIGHT)),
         sandbox,
         notifier,
         _lock: lock,

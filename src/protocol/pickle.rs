@@ -441,7 +441,7 @@ pub fn decode_with(data: &[u8], limits: &Limits) -> Result<Value> {
         pushes: 0,
     };
     let root = decoder.run()?;
-    Materializer::new(decoder.arena, limits).run(root)
+    Materializer::new(decoder.arena, limits, data.len()).run(root)
 }
 
 /// Index of a node in the decoder's arena.
@@ -1272,6 +1272,10 @@ fn pairs(items: Vec<NodeId>) -> Result<Vec<(NodeId, NodeId)>> {
 struct Materializer<'l> {
     arena: Vec<Node>,
     limits: &'l Limits,
+    /// Size of the pickle being decoded: the decoded strings and bytes may be at most
+    /// [`PAYLOAD_EXPANSION`] times this, so a small pickle that references one big `bytes`
+    /// many times cannot make us allocate much more than it sent.
+    input_len: usize,
     /// References still to be served, per node.
     remaining: Vec<u32>,
     /// Values of shared nodes, kept until their last reference takes them.
@@ -1279,10 +1283,11 @@ struct Materializer<'l> {
 }
 
 impl<'l> Materializer<'l> {
-    fn new(arena: Vec<Node>, limits: &'l Limits) -> Self {
+    fn new(arena: Vec<Node>, limits: &'l Limits, input_len: usize) -> Self {
         Materializer {
             arena,
             limits,
+            input_len,
             remaining: Vec::new(),
             cache: HashMap::new(),
         }
@@ -1304,8 +1309,9 @@ impl<'l> Materializer<'l> {
         let n = self.arena.len();
         let max_depth = self.limits.max_depth;
         let max_nodes = u64::try_from(self.limits.max_nodes).unwrap_or(u64::MAX);
-        let max_payload = u64::try_from(self.limits.max_input.saturating_mul(PAYLOAD_EXPANSION))
-            .unwrap_or(u64::MAX);
+        // Small pickles may still expand a little (shared short strings are normal).
+        let allowed = self.input_len.min(self.limits.max_input).max(64 * 1024);
+        let max_payload = u64::try_from(allowed.saturating_mul(PAYLOAD_EXPANSION)).unwrap_or(u64::MAX);
 
         let mut color = vec![WHITE; n];
         let mut refs = vec![0u32; n];

@@ -6,11 +6,15 @@ sleep is orphaned and reparented, but stays in the job's process group and
 cgroup), then waits.  MARK is unique per run (e.g. 300.777123456), so the
 sleeps are recognised in /proc/*/cmdline.
 
-argv: PORT MARK
+argv: PORT MARK [--setsid]
+  --setsid  a fourth `sleep MARK` is started with setsid(1): it leaves the
+            job's process group and session, so only the job's cgroup (or
+            nothing, without cgroup v2) takes it down.  For nodes with a
+            delegated cgroup v2 tree (tests/vm/).
 
-CHECKs: sleeps_started (3 `sleep MARK` seen), cancel_rc, cancel_replied,
+CHECKs: sleeps_started (3, or 4, `sleep MARK` seen), cancel_rc, cancel_replied,
 cancel_status (Terminated), sleeps_gone (none left within 15 s),
-normal_job, closed.  INFO sleep_pids, sleep_uids.
+normal_job, closed.  INFO sleep_pids, sleep_uids, sleep_cgroups.
 """
 import os
 
@@ -22,6 +26,7 @@ if [ "$1" = normal ]; then echo normal; exit 0; fi
 sleep "$1" &
 sleep "$1" &
 ( sleep "$1" & )
+if [ "$2" = --setsid ]; then setsid sleep "$1" & fi
 echo started
 wait
 '''
@@ -49,18 +54,29 @@ def sleeps(mark):
     return found
 
 
+def cgroup_of(pid):
+    try:
+        with open('/proc/%d/cgroup' % pid) as fd:
+            return fd.read().strip()
+    except OSError:
+        return '?'
+
+
 def main():
     mark = common.arg(2)
+    use_setsid = common.arg(3) == '--setsid'
+    want = 4 if use_setsid else 3
     with open('bg_sleeps.sh', 'w') as fd:
         fd.write(PROG)
     os.chmod('bg_sleeps.sh', 0o755)
     c = common.cluster(os.path.abspath('bg_sleeps.sh'))
-    job = c.submit(mark)
-    started = common.wait_until(lambda: len(sleeps(mark)) >= 3, 40, step=0.1)
+    job = c.submit(mark, '--setsid') if use_setsid else c.submit(mark)
+    started = common.wait_until(lambda: len(sleeps(mark)) >= want, 60, step=0.1)
     found = sleeps(mark)
     common.info('sleep_pids', sorted(found))
     common.info('sleep_uids', sorted(set(found.values())))
-    common.check('sleeps_started', started and len(found) == 3, 'found %r; job %s' % (
+    common.info('sleep_cgroups', sorted(set(cgroup_of(p) for p in found)))
+    common.check('sleeps_started', started and len(found) == want, 'found %r; job %s' % (
         found, common.status_name(job.status)))
     common.check_eq('cancel_rc', c.cancel(job), 0)
     replied = common.wait_job(job, 20)
