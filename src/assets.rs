@@ -109,26 +109,30 @@ fn description(w: &mut dyn Write) -> io::Result<()> {
     );
     para(
         &mut r,
-        [roman(
-            "The daemon itself never runs or unpickles data from clients: a per-computation \
+        [
+            roman(
+                "The daemon itself never runs or unpickles data from clients: a per-computation \
              Python worker does, confined like each job (its own cgroup, Landlock, rlimits, no \
              privileges). Started as root, the daemon first drops to the account given by ",
-        ),
-        bold("--user"),
-        roman(" and "),
-        bold("--group"),
-        roman(".")],
+            ),
+            bold("--user"),
+            roman(" and "),
+            bold("--group"),
+            roman("."),
+        ],
     );
     para(
         &mut r,
-        [roman("Installed from the package, it runs as the service "),
-        bold("dispynode.service"),
-        roman(", started by "),
-        bold("dispynode.socket"),
-        roman(
-            " on the first client contact. The socket is not enabled by the installation; \
+        [
+            roman("Installed from the package, it runs as the service "),
+            bold("dispynode.service"),
+            roman(", started by "),
+            bold("dispynode.socket"),
+            roman(
+                " on the first client contact. The socket is not enabled by the installation; \
              enable it with",
-        )],
+            ),
+        ],
     );
     example(&mut r, "systemctl enable --now dispynode.socket");
     r.to_writer(w)
@@ -141,25 +145,27 @@ fn sections(w: &mut dyn Write) -> io::Result<()> {
     r.control("SH", ["CONFIGURATION FILE"]);
     para(
         &mut r,
-        [roman("A TOML file read with "),
-        bold("--config"),
-        roman(
-            " holds the same settings under the long option names, with underscores \
+        [
+            roman("A TOML file read with "),
+            bold("--config"),
+            roman(
+                " holds the same settings under the long option names, with underscores \
              (for example ",
-        ),
-        bold("node_port = 9701"),
-        roman(" or "),
-        bold("job_memory_max = \"2g\""),
-        roman(
-            "). An option on the command line overrides the file, and the file the defaults. \
+            ),
+            bold("node_port = 9701"),
+            roman(" or "),
+            bold("job_memory_max = \"2g\""),
+            roman(
+                "). An option on the command line overrides the file, and the file the defaults. \
              Unknown keys and bad values are refused at start with a message that names them. ",
-        ),
-        bold("dispynode --config"),
-        roman(" "),
-        italic("FILE"),
-        roman(" "),
-        bold("--save_config"),
-        roman(" prints the effective configuration.")],
+            ),
+            bold("dispynode --config"),
+            roman(" "),
+            italic("FILE"),
+            roman(" "),
+            bold("--save_config"),
+            roman(" prints the effective configuration."),
+        ],
     );
 
     r.control("SH", ["SYSTEMD"]);
@@ -281,7 +287,11 @@ fn file(r: &mut Roff, path: &str, what: &str) {
 /// The page's date from `SOURCE_DATE_EPOCH` (set by dpkg and rpmbuild from the changelog), so
 /// that the same sources give the same page; no date otherwise.
 fn source_date() -> Option<String> {
-    let secs: i64 = std::env::var("SOURCE_DATE_EPOCH").ok()?.trim().parse().ok()?;
+    let secs: i64 = std::env::var("SOURCE_DATE_EPOCH")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
     let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
     Some(format!("{y:04}-{m:02}-{d:02}"))
 }
@@ -322,7 +332,12 @@ mod tests {
                 assert!(page.contains(&shown), "--{long} missing from the man page");
             }
         }
-        for s in ["FILES", "SEE ALSO", "EXIT STATUS", "/etc/dispynode/dispynode.toml"] {
+        for s in [
+            "FILES",
+            "SEE ALSO",
+            "EXIT STATUS",
+            "/etc/dispynode/dispynode.toml",
+        ] {
             assert!(page.contains(s), "{s} missing");
         }
     }

@@ -737,7 +737,8 @@ impl Config {
             secret: self.secret_file.is_none().then_some(self.secret.as_str()),
             secret_file: self.secret_file.as_deref().map(path),
             dest_path_prefix: path(&self.dest_path_prefix),
-            state_dir: (self.state_dir != self.dest_path_prefix.join(".dispynode")).then(|| path(&self.state_dir)),
+            state_dir: (self.state_dir != self.dest_path_prefix.join(".dispynode"))
+                .then(|| path(&self.state_dir)),
             scheduler_node: self.scheduler_node.as_deref(),
             scheduler_port: self.scheduler_port,
             keyfile: self.keyfile.as_deref().map(path),

@@ -8,11 +8,17 @@ fn main() -> ExitCode {
     // The jail helper mode comes first: it is our own binary re-executed to confine a job, and
     // must not parse options, log, or start threads.
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    if argv.get(1).is_some_and(|a| a == dispynode::sandbox::JAIL_ARG) {
+    if argv
+        .get(1)
+        .is_some_and(|a| a == dispynode::sandbox::JAIL_ARG)
+    {
         dispynode::sandbox::jail_main(argv);
     }
     // Packaging: the man page and shell completions, generated from the CLI definition.
-    if argv.get(1).is_some_and(|a| a == dispynode::assets::GENERATE_ARG) {
+    if argv
+        .get(1)
+        .is_some_and(|a| a == dispynode::assets::GENERATE_ARG)
+    {
         return dispynode::assets::generate_main(&argv[2..]);
     }
     let cfg = match config::parse_args(argv) {

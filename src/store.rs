@@ -260,7 +260,11 @@ pub fn remove_tree(path: &Path) -> io::Result<()> {
             Some(name) => match root.subdir(std::slice::from_ref(name), None) {
                 Ok(d) => d,
                 Err(_) => {
-                    let _ = nix::unistd::unlinkat(Some(root.fd.as_raw_fd()), name.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
+                    let _ = nix::unistd::unlinkat(
+                        Some(root.fd.as_raw_fd()),
+                        name.as_str(),
+                        nix::unistd::UnlinkatFlags::NoRemoveDir,
+                    );
                     match queue.pop() {
                         Some(n) => {
                             current = Some(n);
@@ -282,30 +286,52 @@ pub fn remove_tree(path: &Path) -> io::Result<()> {
             .iter()
             .filter_map(Result::ok)
             .filter(|e| e.file_name().to_bytes() != b"." && e.file_name().to_bytes() != b"..")
-            .map(|e| (e.file_name().to_owned(), e.file_type() == Some(nix::dir::Type::Directory)))
+            .map(|e| {
+                (
+                    e.file_name().to_owned(),
+                    e.file_type() == Some(nix::dir::Type::Directory),
+                )
+            })
             .collect();
         drop(entries);
         for (name, is_dir) in names {
             let is_dir = is_dir || {
-                let st = nix::sys::stat::fstatat(Some(dir.fd.as_raw_fd()), name.as_c_str(), nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW);
+                let st = nix::sys::stat::fstatat(
+                    Some(dir.fd.as_raw_fd()),
+                    name.as_c_str(),
+                    nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+                );
                 st.is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
             };
             if is_dir {
                 // Move it up next to the others: paths never grow with the depth.
                 seq += 1;
                 let flat = format!(".rm-{}-{seq}", std::process::id());
-                nix::fcntl::renameat(Some(dir.fd.as_raw_fd()), name.as_c_str(), Some(root.fd.as_raw_fd()), flat.as_str())
-                    .map_err(io::Error::from)?;
+                nix::fcntl::renameat(
+                    Some(dir.fd.as_raw_fd()),
+                    name.as_c_str(),
+                    Some(root.fd.as_raw_fd()),
+                    flat.as_str(),
+                )
+                .map_err(io::Error::from)?;
                 queue.push(flat);
             } else {
-                match nix::unistd::unlinkat(Some(dir.fd.as_raw_fd()), name.as_c_str(), nix::unistd::UnlinkatFlags::NoRemoveDir) {
+                match nix::unistd::unlinkat(
+                    Some(dir.fd.as_raw_fd()),
+                    name.as_c_str(),
+                    nix::unistd::UnlinkatFlags::NoRemoveDir,
+                ) {
                     Ok(()) | Err(nix::Error::ENOENT) => {}
                     Err(e) => return Err(e.into()),
                 }
             }
         }
         if let Some(name) = &current {
-            match nix::unistd::unlinkat(Some(root.fd.as_raw_fd()), name.as_str(), nix::unistd::UnlinkatFlags::RemoveDir) {
+            match nix::unistd::unlinkat(
+                Some(root.fd.as_raw_fd()),
+                name.as_str(),
+                nix::unistd::UnlinkatFlags::RemoveDir,
+            ) {
                 // Not empty: something new appeared (a job still running?); go over it again.
                 Err(nix::Error::ENOTEMPTY) => queue.push(name.clone()),
                 Ok(()) | Err(nix::Error::ENOENT) => {}
@@ -347,7 +373,10 @@ mod tests {
             vec!["a", "b"]
         );
         assert!(relative_components("", "/").unwrap().is_empty());
-        assert!(matches!(relative_components(&"a/".repeat(40), "/"), Err(PathError::TooDeep(_))));
+        assert!(matches!(
+            relative_components(&"a/".repeat(40), "/"),
+            Err(PathError::TooDeep(_))
+        ));
         assert!(matches!(
             relative_components("../x", "/"),
             Err(PathError::BadComponent(_))
@@ -401,7 +430,9 @@ mod tests {
         // 3000 levels: deeper than PATH_MAX allows to name, deep enough to overflow recursion.
         let dir = Dir::open(&top).unwrap();
         let comps: Vec<String> = (0..3000).map(|_| "d".to_owned()).collect();
-        let deep = dir.subdir(&comps, Some(Mode::from_bits_truncate(0o755))).unwrap();
+        let deep = dir
+            .subdir(&comps, Some(Mode::from_bits_truncate(0o755)))
+            .unwrap();
         let (mut f, tmp) = deep.create_temp("f").unwrap();
         f.write_all(b"x").unwrap();
         drop(deep);
@@ -409,7 +440,10 @@ mod tests {
         std::os::unix::fs::symlink(outside.path(), top.join("link")).unwrap();
         remove_tree(&top).unwrap();
         assert!(!top.exists());
-        assert!(outside.path().join("keep").exists(), "a symlink must not be followed");
+        assert!(
+            outside.path().join("keep").exists(),
+            "a symlink must not be followed"
+        );
         remove_tree(&top).unwrap();
     }
 

@@ -176,7 +176,9 @@ impl Node {
         let ip = sched.ip().to_string();
         let msg = message::announce(&a.announce, self.cfg.node_port, &self.sign, Some(&ip));
         let _ = net::send_datagram(a.bind, sched, &msg).await;
-        if let Err(e) = net::request(sched, &msg, false, self.msg_timeout(), self.tls.as_ref()).await {
+        if let Err(e) =
+            net::request(sched, &msg, false, self.msg_timeout(), self.tls.as_ref()).await
+        {
             tracing::debug!(scheduler = %sched, error = %e, "TCP announcement not delivered");
         }
     }
@@ -202,7 +204,14 @@ impl Node {
         if let Some((ip, port)) = sched {
             if let Some(ip) = net::parse_ip(&ip) {
                 let limit = self.msg_timeout().min(Duration::from_secs(2));
-                let _ = net::request(SocketAddr::new(ip, port), &msg, false, limit, self.tls.as_ref()).await;
+                let _ = net::request(
+                    SocketAddr::new(ip, port),
+                    &msg,
+                    false,
+                    limit,
+                    self.tls.as_ref(),
+                )
+                .await;
             }
         }
     }

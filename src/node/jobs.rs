@@ -16,8 +16,8 @@ use super::{now, Node};
 use crate::limits::CLEANUP_TIME;
 use crate::net;
 use crate::protocol::message::{self, status, Job, JobReply, Output, PICKLED_NONE};
-use crate::results::SavedResult;
 use crate::protocol::pickle::{self, Value};
+use crate::results::SavedResult;
 use crate::store::{self, Dir};
 
 /// How a job ended, before it becomes a `_JobReply`.
@@ -66,7 +66,9 @@ impl Node {
                                         j.cgroup = Some(cg);
                                     }
                                 }
-                                Err(e) => tracing::warn!(job = id, error = %e, "could not move the job into its cgroup"),
+                                Err(e) => {
+                                    tracing::warn!(job = id, error = %e, "could not move the job into its cgroup")
+                                }
                             }
                         }
                         if let Some(w) = worker {
@@ -74,8 +76,17 @@ impl Node {
                         }
                     }
                 }
-                JobEvent::Done { id, mut header, result } => {
-                    let (pid, cg) = self.lock().jobs.get_mut(&id).map(|j| (j.pid, j.cgroup.take())).unwrap_or((None, None));
+                JobEvent::Done {
+                    id,
+                    mut header,
+                    result,
+                } => {
+                    let (pid, cg) = self
+                        .lock()
+                        .jobs
+                        .get_mut(&id)
+                        .map(|j| (j.pid, j.cgroup.take()))
+                        .unwrap_or((None, None));
                     if let Some(pid) = pid {
                         self.procs.remove(pid);
                     }
@@ -84,7 +95,9 @@ impl Node {
                         if let Some(cg) = cg {
                             if let Some(reason) = super::spawning::retire_cgroup(cg).await {
                                 header["status"] = serde_json::json!(status::TERMINATED);
-                                header["exception"] = serde_json::json!(format!("job killed: it exceeded its {reason}"));
+                                header["exception"] = serde_json::json!(format!(
+                                    "job killed: {reason}"
+                                ));
                             }
                         }
                         n.finish_job(id, Outcome::Function { header, result }).await
@@ -149,7 +162,11 @@ impl Node {
         let (program, node_ip, comp_cg) = {
             let st = self.lock();
             match st.computations.get(&job.compute_id) {
-                Some(c) => (c.compute.name.clone(), c.compute.node_ip_addr.clone(), c.cgroup.clone()),
+                Some(c) => (
+                    c.compute.name.clone(),
+                    c.compute.node_ip_addr.clone(),
+                    c.cgroup.clone(),
+                ),
                 None => return,
             }
         };
@@ -157,7 +174,13 @@ impl Node {
             Ok(a) => a,
             Err(e) => {
                 let n = self.clone();
-                tokio::spawn(async move { n.finish_job(id, Outcome::Failed(format!("invalid program arguments: {e}"))).await });
+                tokio::spawn(async move {
+                    n.finish_job(
+                        id,
+                        Outcome::Failed(format!("invalid program arguments: {e}")),
+                    )
+                    .await
+                });
                 return;
             }
         };
@@ -178,7 +201,14 @@ impl Node {
             ("dispy_node_name".to_owned(), self.cfg.name.clone()),
         ];
         let rest: Vec<&std::ffi::OsStr> = argv[1..].iter().map(|a| a.as_ref()).collect();
-        let mut cmd = self.jailed(dir, cgroup.as_ref().map(|c| c.path().to_owned()), env, Some(dir), &argv[0], &rest);
+        let mut cmd = self.jailed(
+            dir,
+            cgroup.as_ref().map(|c| c.path().to_owned()),
+            env,
+            Some(dir),
+            &argv[0],
+            &rest,
+        );
         let child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => {
@@ -197,13 +227,21 @@ impl Node {
             self.procs.add(pid);
         }
         let n = self.clone();
+        let mut child = child;
+        let out_task = tokio::spawn(read_capped(child.stdout.take()));
+        let err_task = tokio::spawn(read_capped(child.stderr.take()));
         tokio::spawn(async move {
-            let waited = child.wait_with_output().await;
+            let status = child.wait().await;
             if let Some(pid) = pid {
                 n.procs.remove(pid);
                 // Whatever the program left running in its process group goes with it.
                 let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
             }
+            // A process that left the job's session may still hold the pipes open: take what
+            // arrived within a short grace period rather than wait for it forever.
+            let stdout = collect_output(out_task).await;
+            let stderr = collect_output(err_task).await;
+            let waited = status.map(|status| std::process::Output { status, stdout, stderr });
             let limit_hit = match cgroup {
                 Some(cg) => super::spawning::retire_cgroup(cg).await,
                 None => None,
@@ -211,15 +249,26 @@ impl Node {
             let outcome = match waited {
                 Ok(out) => {
                     use std::os::unix::process::ExitStatusExt;
-                    let code = out.status.code().unwrap_or_else(|| -out.status.signal().unwrap_or(0));
-                    let jail_failed = out.status.code().and_then(crate::sandbox::describe_exit_code).is_some()
+                    let code = out
+                        .status
+                        .code()
+                        .unwrap_or_else(|| -out.status.signal().unwrap_or(0));
+                    let jail_failed = out
+                        .status
+                        .code()
+                        .and_then(crate::sandbox::describe_exit_code)
+                        .is_some()
                         && out.stderr.starts_with(b"dispynode-jail:");
                     if jail_failed {
                         Outcome::Failed(String::from_utf8_lossy(&out.stderr).trim().to_owned())
                     } else if let Some(reason) = limit_hit {
-                        Outcome::Failed(format!("job killed: it exceeded its {reason}"))
+                        Outcome::Failed(format!("job killed: {reason}"))
                     } else {
-                        Outcome::Program { code, stdout: out.stdout, stderr: out.stderr }
+                        Outcome::Program {
+                            code,
+                            stdout: out.stdout,
+                            stderr: out.stderr,
+                        }
                     }
                 }
                 Err(e) => Outcome::Failed(format!("waiting for the program failed: {e}")),
@@ -275,7 +324,10 @@ impl Node {
                     // The CPU is free before the reply goes out: the client may send the next
                     // job as soon as it has the reply (G29).
                     st.avail_cpus += 1;
-                    let comp = st.computations.get(&job.compute_id).map(|c| (c.reply_ip.clone(), c.reply_addr, c.compute.auth.clone()));
+                    let comp = st
+                        .computations
+                        .get(&job.compute_id)
+                        .map(|c| (c.reply_ip.clone(), c.reply_addr, c.compute.auth.clone()));
                     Some((job, comp))
                 }
                 _ => None,
@@ -303,14 +355,35 @@ impl Node {
         if !job.terminated {
             match outcome {
                 Outcome::Function { header, result } => {
-                    let text = |k: &str| header.get(k).and_then(Json::as_str).map(|s| Output::Text(s.to_owned())).unwrap_or(Output::None);
-                    reply.status = header.get("status").and_then(Json::as_i64).filter(|s| [status::FINISHED, status::TERMINATED].contains(s)).unwrap_or(status::TERMINATED);
-                    reply.result = if result.is_empty() { PICKLED_NONE.to_vec() } else { result };
+                    let text = |k: &str| {
+                        header
+                            .get(k)
+                            .and_then(Json::as_str)
+                            .map(|s| Output::Text(s.to_owned()))
+                            .unwrap_or(Output::None)
+                    };
+                    reply.status = header
+                        .get("status")
+                        .and_then(Json::as_i64)
+                        .filter(|s| [status::FINISHED, status::TERMINATED].contains(s))
+                        .unwrap_or(status::TERMINATED);
+                    reply.result = if result.is_empty() {
+                        PICKLED_NONE.to_vec()
+                    } else {
+                        result
+                    };
                     reply.stdout = text("stdout");
                     reply.stderr = text("stderr");
-                    reply.exception = header.get("exception").and_then(Json::as_str).map(str::to_owned);
+                    reply.exception = header
+                        .get("exception")
+                        .and_then(Json::as_str)
+                        .map(str::to_owned);
                 }
-                Outcome::Program { code, stdout, stderr } => {
+                Outcome::Program {
+                    code,
+                    stdout,
+                    stderr,
+                } => {
                     // Programs finish with status Finished whatever their exit code (§3.2).
                     reply.status = status::FINISHED;
                     reply.result = pickle::encode(&Value::Int(i64::from(code)));
@@ -323,8 +396,11 @@ impl Node {
             }
         }
         tracing::info!(
-            computation = job.compute_id, job = job.uid, status = reply.status,
-            duration = format!("{:.3}", end - job.start_time), "job done"
+            computation = job.compute_id,
+            job = job.uid,
+            status = reply.status,
+            duration = format!("{:.3}", end - job.start_time),
+            "job done"
         );
         let payload = pickle::encode(&reply.to_value());
         if self.deliver(&payload, reply_addr, job.uid).await {
@@ -353,7 +429,9 @@ impl Node {
     async fn forget_job(&self, id: u64) {
         let (dir, to_remove) = {
             let mut st = self.lock();
-            let Some(job) = st.jobs.remove(&id) else { return };
+            let Some(job) = st.jobs.remove(&id) else {
+                return;
+            };
             let mut to_remove = Vec::new();
             let dir = st.computations.get_mut(&job.compute_id).map(|c| {
                 for f in &job.xfer_files {
@@ -407,10 +485,18 @@ impl Node {
         match tokio::task::spawn_blocking(move || store.save(&r)).await {
             Ok(Ok(())) => {
                 self.lock().saved_results += 1;
-                tracing::info!(computation = cid, job = uid, "job reply saved for later delivery");
+                tracing::info!(
+                    computation = cid,
+                    job = uid,
+                    "job reply saved for later delivery"
+                );
             }
-            Ok(Err(e)) => tracing::error!(computation = cid, job = uid, error = %e, "could not save an undelivered job reply"),
-            Err(e) => tracing::error!(computation = cid, job = uid, error = %e, "could not save an undelivered job reply"),
+            Ok(Err(e)) => {
+                tracing::error!(computation = cid, job = uid, error = %e, "could not save an undelivered job reply")
+            }
+            Err(e) => {
+                tracing::error!(computation = cid, job = uid, error = %e, "could not save an undelivered job reply")
+            }
         }
     }
 
@@ -420,14 +506,20 @@ impl Node {
             return Vec::new();
         }
         let store = self.results.clone();
-        tokio::task::spawn_blocking(move || store.for_compute(compute_id)).await.ok().and_then(Result::ok).unwrap_or_default()
+        tokio::task::spawn_blocking(move || store.for_compute(compute_id))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default()
     }
 
     /// Deletes a result the client acknowledged.
     pub(crate) async fn forget_result(&self, r: &SavedResult) {
         let store = self.results.clone();
         let (cid, uid, hash) = (r.compute_id, r.uid, r.hash.clone());
-        if let Ok(Ok(true)) = tokio::task::spawn_blocking(move || store.remove(cid, uid, &hash)).await {
+        if let Ok(Ok(true)) =
+            tokio::task::spawn_blocking(move || store.remove(cid, uid, &hash)).await
+        {
             let mut st = self.lock();
             st.saved_results = st.saved_results.saturating_sub(1);
         }
@@ -436,7 +528,9 @@ impl Node {
     /// Pushes saved results (of one computation, or all) to their clients; removes each one
     /// the client acknowledges.
     pub(crate) async fn resend_results(self: Arc<Self>, compute_id: Option<i64>) {
-        let Ok(_one) = self.resending.try_lock() else { return };
+        let Ok(_one) = self.resending.try_lock() else {
+            return;
+        };
         if self.lock().saved_results == 0 {
             return;
         }
@@ -452,7 +546,11 @@ impl Node {
         // Like the reference, at most 64 per pass.
         for r in all.into_iter().take(64) {
             if self.deliver(&r.payload, r.reply_addr, r.uid).await {
-                tracing::info!(computation = r.compute_id, job = r.uid, "saved job reply delivered");
+                tracing::info!(
+                    computation = r.compute_id,
+                    job = r.uid,
+                    "saved job reply delivered"
+                );
                 self.forget_result(&r).await;
             }
         }
@@ -554,7 +652,13 @@ impl Node {
             self.lock().computations.get_mut(&compute_id).map(|c| {
                 c.closing = false;
                 c.setup_done = false;
-                (c.compute.clone(), c.dir.clone(), c.reply_ip.clone(), c.worker.take(), c.cgroup.clone())
+                (
+                    c.compute.clone(),
+                    c.dir.clone(),
+                    c.reply_ip.clone(),
+                    c.worker.take(),
+                    c.cgroup.clone(),
+                )
             })
         else {
             return;
@@ -566,7 +670,10 @@ impl Node {
             w.reap(Duration::from_secs(2)).await;
         }
         if compute.kind == message::ComputeKind::Function {
-            match self.start_worker(&compute, &dir, &reply_ip, cgroup.as_ref()).await {
+            match self
+                .start_worker(&compute, &dir, &reply_ip, cgroup.as_ref())
+                .await
+            {
                 Ok(w) => {
                     if let Some(c) = self.lock().computations.get_mut(&compute_id) {
                         c.worker = Some(w);
@@ -593,8 +700,14 @@ impl Node {
                 ]);
                 let mut msg = b"NODE_CLOSED:".to_vec();
                 pickle::encode_into(&v, &mut msg);
-                let _ =
-                    net::request(SocketAddr::new(ip, port), &msg, false, self.msg_timeout(), self.tls.as_ref()).await;
+                let _ = net::request(
+                    SocketAddr::new(ip, port),
+                    &msg,
+                    false,
+                    self.msg_timeout(),
+                    self.tls.as_ref(),
+                )
+                .await;
             }
         }
     }
@@ -616,6 +729,37 @@ impl Node {
                 tokio::time::timeout(Duration::from_secs(10), self.close_computation(cid)).await;
         }
         tracing::info!("dispynode stopped");
+    }
+}
+
+/// Most output kept per stream of a program job; the rest is read and dropped.
+const MAX_PROGRAM_OUTPUT: usize = 64 << 20;
+/// How long output is still collected after a program exited.
+const OUTPUT_GRACE: Duration = Duration::from_secs(2);
+
+async fn read_capped<R: tokio::io::AsyncRead + Unpin>(r: Option<R>) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut kept = Vec::new();
+    let Some(mut r) = r else { return kept };
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => return kept,
+            Ok(n) => {
+                let room = MAX_PROGRAM_OUTPUT.saturating_sub(kept.len());
+                kept.extend_from_slice(&buf[..n.min(room)]);
+            }
+        }
+    }
+}
+
+async fn collect_output(mut task: tokio::task::JoinHandle<Vec<u8>>) -> Vec<u8> {
+    match tokio::time::timeout(OUTPUT_GRACE, &mut task).await {
+        Ok(Ok(out)) => out,
+        _ => {
+            task.abort();
+            Vec::new()
+        }
     }
 }
 

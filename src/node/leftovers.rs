@@ -21,7 +21,10 @@ pub enum LeftoverError {
 }
 
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> LeftoverError + '_ {
-    move |source| LeftoverError::Io { path: path.to_owned(), source }
+    move |source| LeftoverError::Io {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 /// The held lock on the state directory; released when the process exits (even by SIGKILL).
@@ -31,7 +34,11 @@ pub struct StateLock {
 
 /// Creates the state directory (0700) and takes its lock, writing our pid into it.
 pub fn lock_state_dir(dir: &Path) -> Result<StateLock, LeftoverError> {
-    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io_at(dir))?;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io_at(dir))?;
     let path = dir.join("lock");
     let mut f = OpenOptions::new()
         .read(true)
@@ -47,7 +54,10 @@ pub fn lock_state_dir(dir: &Path) -> Result<StateLock, LeftoverError> {
     if r != 0 {
         let mut pid = String::new();
         let _ = f.read_to_string(&mut pid);
-        return Err(LeftoverError::Locked { dir: dir.to_owned(), pid: pid.trim().to_owned() });
+        return Err(LeftoverError::Locked {
+            dir: dir.to_owned(),
+            pid: pid.trim().to_owned(),
+        });
     }
     f.set_len(0).map_err(io_at(&path))?;
     f.rewind().map_err(io_at(&path))?;
@@ -72,7 +82,11 @@ pub struct ProcRecords {
 impl ProcRecords {
     pub fn open(state_dir: &Path) -> Result<ProcRecords, LeftoverError> {
         let dir = state_dir.join("procs");
-        fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).map_err(io_at(&dir))?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(io_at(&dir))?;
         Ok(ProcRecords { dir })
     }
 
@@ -91,11 +105,15 @@ impl ProcRecords {
     fn scan(&self) -> (Vec<i32>, Vec<PathBuf>) {
         let mut alive = Vec::new();
         let mut stale = Vec::new();
-        let Ok(entries) = fs::read_dir(&self.dir) else { return (alive, stale) };
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return (alive, stale);
+        };
         for e in entries.flatten() {
             let path = e.path();
             let pid: Option<i32> = e.file_name().to_str().and_then(|n| n.parse().ok());
-            let recorded: Option<u64> = fs::read_to_string(&path).ok().and_then(|s| s.trim().parse().ok());
+            let recorded: Option<u64> = fs::read_to_string(&path)
+                .ok()
+                .and_then(|s| s.trim().parse().ok());
             match (pid, recorded) {
                 (Some(pid), Some(t)) if start_time(pid) == Some(t) => alive.push(pid),
                 _ => stale.push(path),
@@ -128,7 +146,9 @@ impl ProcRecords {
 /// `--clean`: removes everything under the prefix except the state directory itself.
 pub fn clean_prefix(prefix: &Path, state_dir: &Path) -> io::Result<usize> {
     let mut n = 0;
-    let Ok(entries) = fs::read_dir(prefix) else { return Ok(0) };
+    let Ok(entries) = fs::read_dir(prefix) else {
+        return Ok(0);
+    };
     for e in entries.flatten() {
         let p = e.path();
         if state_dir.starts_with(&p) {
@@ -151,7 +171,9 @@ mod tests {
         let l = lock_state_dir(d.path()).unwrap();
         // flock locks belong to the open file description: a second open conflicts.
         match lock_state_dir(d.path()) {
-            Err(LeftoverError::Locked { pid, .. }) => assert_eq!(pid, std::process::id().to_string()),
+            Err(LeftoverError::Locked { pid, .. }) => {
+                assert_eq!(pid, std::process::id().to_string())
+            }
             other => panic!("expected Locked, got {:?}", other.map(|_| ())),
         }
         drop(l);
@@ -162,7 +184,11 @@ mod tests {
     fn records_identify_processes_and_kill_only_ours() {
         let d = tempfile::tempdir().unwrap();
         let recs = ProcRecords::open(d.path()).unwrap();
-        let mut child = std::process::Command::new("sleep").arg("30").process_group(0).spawn().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .process_group(0)
+            .spawn()
+            .unwrap();
         let pid = child.id() as i32;
         recs.add(pid);
         // A record whose start time does not match is not ours: never killed.
@@ -172,7 +198,10 @@ mod tests {
         let status = child.wait().unwrap();
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(status.signal(), Some(9));
-        assert!(fs::read_dir(d.path().join("procs")).unwrap().next().is_none());
+        assert!(fs::read_dir(d.path().join("procs"))
+            .unwrap()
+            .next()
+            .is_none());
         assert!(start_time(1).is_some(), "pid 1 has a start time");
     }
 

@@ -187,7 +187,10 @@ impl Node {
 
     /// The current reloadable settings.
     pub(crate) fn live(&self) -> Arc<Config> {
-        self.live.read().map(|c| c.clone()).unwrap_or_else(|e| e.into_inner().clone())
+        self.live
+            .read()
+            .map(|c| c.clone())
+            .unwrap_or_else(|e| e.into_inner().clone())
     }
 
     /// SIGHUP: re-reads the configuration (command line and file, as at start) and applies
@@ -202,8 +205,26 @@ impl Node {
                 macro_rules! fixed {
                     ($($f:ident),*) => {$( if old.$f != new.$f { restart.push(stringify!($f)); } )*};
                 }
-                fixed!(cpus, ip_addr, ext_ip_addr, node_port, name, secret, dest_path_prefix, state_dir,
-                       scheduler_node, scheduler_port, keyfile, certfile, serve, python, user, group, debug, clean);
+                fixed!(
+                    cpus,
+                    ip_addr,
+                    ext_ip_addr,
+                    node_port,
+                    name,
+                    secret,
+                    dest_path_prefix,
+                    state_dir,
+                    scheduler_node,
+                    scheduler_port,
+                    keyfile,
+                    certfile,
+                    serve,
+                    python,
+                    user,
+                    group,
+                    debug,
+                    clean
+                );
                 let mut live = (*self.live()).clone();
                 live.max_file_size = new.max_file_size;
                 live.msg_timeout = new.msg_timeout;
@@ -223,7 +244,9 @@ impl Node {
                     tracing::warn!(needs_restart = ?restart, "configuration reloaded; these settings changed but need a restart to take effect");
                 }
             }
-            Ok(_) => tracing::warn!("reload: --save_config is not a serving configuration; kept the current one"),
+            Ok(_) => tracing::warn!(
+                "reload: --save_config is not a serving configuration; kept the current one"
+            ),
             Err(e) => tracing::error!(error = %e, "reload failed; kept the current configuration"),
         }
         self.notifier.ready();
@@ -264,9 +287,15 @@ pub struct Python {
 }
 
 fn resolve_python(python: &str) -> Result<Python, NodeError> {
-    let err = |reason: String| NodeError::Python { python: python.to_owned(), reason };
+    let err = |reason: String| NodeError::Python {
+        python: python.to_owned(),
+        reason,
+    };
     let out = std::process::Command::new(python)
-        .args(["-c", "import sys; print(sys.executable); print(sys.prefix); print(sys.base_prefix)"])
+        .args([
+            "-c",
+            "import sys; print(sys.executable); print(sys.prefix); print(sys.base_prefix)",
+        ])
         .output()
         .map_err(|e| err(e.to_string()))?;
     if !out.status.success() {
@@ -274,7 +303,10 @@ fn resolve_python(python: &str) -> Result<Python, NodeError> {
     }
     let text = String::from_utf8_lossy(&out.stdout);
     let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
-    let exe = lines.next().map(str::to_owned).ok_or_else(|| err("no sys.executable".into()))?;
+    let exe = lines
+        .next()
+        .map(str::to_owned)
+        .ok_or_else(|| err("no sys.executable".into()))?;
     let mut prefixes: Vec<PathBuf> = lines.map(PathBuf::from).collect();
     prefixes.dedup();
     Ok(Python { exe, prefixes })
@@ -357,17 +389,25 @@ pub struct Sandbox {
 }
 
 fn prefix_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> NodeError + '_ {
-    move |source| NodeError::Prefix { path: path.to_owned(), source }
+    move |source| NodeError::Prefix {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 /// Makes `dir` (and missing parents) and, when we are root about to become `owner`, gives it
 /// to that account so the node can still write there after the drop.
-fn make_owned_dir(dir: &std::path::Path, mode: u32, owner: Option<(u32, u32)>) -> Result<(), NodeError> {
+fn make_owned_dir(
+    dir: &std::path::Path,
+    mode: u32,
+    owner: Option<(u32, u32)>,
+) -> Result<(), NodeError> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(dir).map_err(prefix_err(dir))?;
     if let Some((uid, gid)) = owner {
         std::os::unix::fs::chown(dir, Some(uid), Some(gid)).map_err(prefix_err(dir))?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).map_err(prefix_err(dir))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+            .map_err(prefix_err(dir))?;
     }
     Ok(())
 }
@@ -388,11 +428,33 @@ fn target_account(cfg: &Config) -> Result<Option<(String, String, u32, u32)>, No
     }
     if cfg.user == crate::config::DEFAULT_ACCOUNT && cfg.group == crate::config::DEFAULT_ACCOUNT {
         if let Some((uid, gid)) = lookup("nobody", "nogroup") {
-            tracing::warn!("user {} does not exist: jobs will run as nobody/nogroup", cfg.user);
+            tracing::warn!(
+                "user {} does not exist: jobs will run as nobody/nogroup",
+                cfg.user
+            );
             return Ok(Some(("nobody".into(), "nogroup".into(), uid, gid)));
         }
     }
-    Err(NodeError::Account { user: cfg.user.clone(), group: cfg.group.clone() })
+    Err(NodeError::Account {
+        user: cfg.user.clone(),
+        group: cfg.group.clone(),
+    })
+}
+
+/// Gives the delegated cgroup subtree (and its `supervisor/` and `jobs/`) to the account we
+/// are about to become, as systemd does for a `User=` service with `Delegate=yes`.
+fn chown_delegation(root: &std::path::Path, uid: u32, gid: u32) {
+    let files = ["", "cgroup.procs", "cgroup.threads", "cgroup.subtree_control"];
+    for dir in [root.to_path_buf(), root.join("supervisor"), root.join("jobs")] {
+        for f in files {
+            let p = if f.is_empty() { dir.clone() } else { dir.join(f) };
+            if p.exists() {
+                if let Err(e) = std::os::unix::fs::chown(&p, Some(uid), Some(gid)) {
+                    tracing::warn!(path = %p.display(), error = %e, "cannot hand the cgroup over to the node's account");
+                }
+            }
+        }
+    }
 }
 
 /// Binds (or takes from systemd) the sockets, prepares state and sandbox, drops privileges.
@@ -419,8 +481,14 @@ pub fn prepare(cfg: Config) -> Result<Prepared, NodeError> {
             let mut udp = Vec::new();
             for a in &addrs {
                 let sa = SocketAddr::new(a.bind, cfg.node_port);
-                tcp.push(crate::net::bind_tcp(sa).map_err(|source| NodeError::Bind { addr: sa, source })?);
-                udp.push(crate::net::bind_udp(sa).map_err(|source| NodeError::Bind { addr: sa, source })?);
+                tcp.push(
+                    crate::net::bind_tcp(sa)
+                        .map_err(|source| NodeError::Bind { addr: sa, source })?,
+                );
+                udp.push(
+                    crate::net::bind_udp(sa)
+                        .map_err(|source| NodeError::Bind { addr: sa, source })?,
+                );
             }
             (tcp, udp)
         }
@@ -443,6 +511,11 @@ pub fn prepare(cfg: Config) -> Result<Prepared, NodeError> {
             None
         }
     };
+    if let (Some(t), Some((_, _, uid, gid))) = (&cgroups, &account) {
+        // What systemd hands a `User=` service with Delegate=yes: after the drop we must
+        // still create and fill job groups.
+        chown_delegation(t.root(), *uid, *gid);
+    }
     if let Some((user, group, _, _)) = &account {
         let dropped = crate::sandbox::drop_daemon_privileges(user, group)?;
         tracing::info!("{dropped}");
@@ -453,7 +526,8 @@ pub fn prepare(cfg: Config) -> Result<Prepared, NodeError> {
     let procs = leftovers::ProcRecords::open(&cfg.state_dir)?;
     if cfg.clean {
         let killed = procs.kill_leftovers();
-        let removed = leftovers::clean_prefix(&prefix, &cfg.state_dir).map_err(prefix_err(&prefix))?;
+        let removed =
+            leftovers::clean_prefix(&prefix, &cfg.state_dir).map_err(prefix_err(&prefix))?;
         let results_dir = cfg.state_dir.join("results");
         crate::store::remove_tree(&results_dir).map_err(prefix_err(&results_dir))?;
         tracing::info!(killed, removed, "--clean: removed what an earlier run left");
@@ -466,10 +540,17 @@ pub fn prepare(cfg: Config) -> Result<Prepared, NodeError> {
     let results = crate::results::ResultStore::open(&cfg.state_dir)?;
     let saved_results = results.list()?.len();
     if saved_results > 0 {
-        tracing::info!(count = saved_results, "undelivered results from an earlier run will be resent");
+        tracing::info!(
+            count = saved_results,
+            "undelivered results from an earlier run will be resent"
+        );
     }
     let mut deny = vec![cfg.dest_path_prefix.clone(), cfg.state_dir.clone()];
-    deny.extend(cfg.config_file.iter().filter_map(|f| f.parent().map(std::path::Path::to_path_buf)));
+    deny.extend(
+        cfg.config_file
+            .iter()
+            .filter_map(|f| f.parent().map(std::path::Path::to_path_buf)),
+    );
     deny.extend(cfg.keyfile.iter().cloned());
     deny.extend(cfg.certfile.iter().cloned());
     deny.extend(cfg.secret_file.iter().cloned());
@@ -483,7 +564,11 @@ pub fn prepare(cfg: Config) -> Result<Prepared, NodeError> {
         procs,
         results,
         saved_results,
-        sandbox: Sandbox { landlock, cgroups, deny },
+        sandbox: Sandbox {
+            landlock,
+            cgroups,
+            deny,
+        },
         notifier,
         cfg,
     })
@@ -491,7 +576,20 @@ pub fn prepare(cfg: Config) -> Result<Prepared, NodeError> {
 
 /// Serves until SIGTERM/SIGINT (or the serve count runs out).
 pub async fn serve(p: Prepared) -> Result<(), NodeError> {
-    let Prepared { cfg, tcp, udp, addrs, python, tls, lock, procs, results, saved_results, sandbox, notifier } = p;
+    let Prepared {
+        cfg,
+        tcp,
+        udp,
+        addrs,
+        python,
+        tls,
+        lock,
+        procs,
+        results,
+        saved_results,
+        sandbox,
+        notifier,
+    } = p;
     let tcp: Vec<TcpListener> = tcp
         .into_iter()
         .map(|l| TcpListener::from_std(l).map_err(NodeError::Runtime))
@@ -502,7 +600,10 @@ pub async fn serve(p: Prepared) -> Result<(), NodeError> {
         .collect::<Result<_, _>>()?;
     let mut random = [0u8; 20];
     rand::Rng::fill(&mut rand::thread_rng(), &mut random);
-    let sign = auth::make_sign(&random, &addrs.iter().map(|a| a.announce.clone()).collect::<Vec<_>>());
+    let sign = auth::make_sign(
+        &random,
+        &addrs.iter().map(|a| a.announce.clone()).collect::<Vec<_>>(),
+    );
     let node_auth = auth::auth_code(&cfg.secret, &sign);
 
     let (shutdown_tx, mut shutdown_rx) = watch::channel(false);
@@ -521,7 +622,9 @@ pub async fn serve(p: Prepared) -> Result<(), NodeError> {
         results: Arc::new(results),
         procs,
         tls,
-        pong_slots: Arc::new(tokio::sync::Semaphore::new(crate::limits::MAX_PONGS_IN_FLIGHT)),
+        pong_slots: Arc::new(tokio::sync::Semaphore::new(
+            crate::limits::MAX_PONGS_IN_FLIGHT,
+        )),
         sandbox,
         notifier,
         _lock: lock,
@@ -554,12 +657,18 @@ pub async fn serve(p: Prepared) -> Result<(), NodeError> {
         tokio::spawn(async move {
             // The watchdog is fed from the first accept loop itself: if serving wedges, systemd
             // notices and restarts us, rather than a side thread keeping a dead node "alive".
-            let period = n.notifier.watchdog_interval().filter(|_| i == 0).unwrap_or(Duration::from_secs(3600));
+            let period = n
+                .notifier
+                .watchdog_interval()
+                .filter(|_| i == 0)
+                .unwrap_or(Duration::from_secs(3600));
             let mut tick = tokio::time::interval(period.min(Duration::from_secs(5)));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 // Bound the connections served at once; the rest wait in the backlog.
-                let Ok(permit) = slots.clone().acquire_owned().await else { return };
+                let Ok(permit) = slots.clone().acquire_owned().await else {
+                    return;
+                };
                 let accepted = loop {
                     tokio::select! {
                         r = l.accept() => break r,

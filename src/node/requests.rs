@@ -203,9 +203,16 @@ impl Node {
             }
             compute.name = dir.join(base).display().to_string();
         }
-        let cgroup = self.computation_cgroup(&format!("c{}_{}", compute.id, random_suffix().replace('_', "x")));
+        let cgroup = self.computation_cgroup(&format!(
+            "c{}_{}",
+            compute.id,
+            random_suffix().replace('_', "x")
+        ));
         let worker = if compute.kind == ComputeKind::Function {
-            match self.start_worker(&compute, &dir, &addr.announce, cgroup.as_ref()).await {
+            match self
+                .start_worker(&compute, &dir, &addr.announce, cgroup.as_ref())
+                .await
+            {
                 Ok(w) => Some(w),
                 Err(e) => {
                     tracing::warn!(client = %peer, computation = compute.id, error = %e, "refused COMPUTE: code");
@@ -292,9 +299,18 @@ impl Node {
         cgroup: Option<&crate::sandbox::cgroup::ComputationCgroup>,
     ) -> Result<Arc<worker::Worker>, String> {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let leaf = self.leaf_cgroup(cgroup, "worker").map(|l| l.path().to_owned());
+        let leaf = self
+            .leaf_cgroup(cgroup, "worker")
+            .map(|l| l.path().to_owned());
         let src: &std::ffi::OsStr = worker::WORKER_SOURCE.as_ref();
-        let cmd = self.jailed(dir, leaf, Vec::new(), None, &self.python.exe, &["-c".as_ref(), src]);
+        let cmd = self.jailed(
+            dir,
+            leaf,
+            Vec::new(),
+            None,
+            &self.python.exe,
+            &["-c".as_ref(), src],
+        );
         let w = worker::Worker::spawn(cmd, tx).map_err(|e| e.to_string())?;
         let pid = w.pid.and_then(|p| i32::try_from(p).ok());
         if let Some(pid) = pid {
@@ -693,12 +709,23 @@ impl Node {
 
     /// Checks a saved-results request: its `auth` must be the computation's, whether the
     /// computation is still registered or known only from its saved results.
-    async fn saved_request(&self, body: &[u8]) -> Option<(ComputeRequest, Vec<crate::results::SavedResult>)> {
-        let req = pickle::decode(body).ok().and_then(|v| ComputeRequest::from_value(&v).ok())?;
+    async fn saved_request(
+        &self,
+        body: &[u8],
+    ) -> Option<(ComputeRequest, Vec<crate::results::SavedResult>)> {
+        let req = pickle::decode(body)
+            .ok()
+            .and_then(|v| ComputeRequest::from_value(&v).ok())?;
         let auth = req.auth.clone()?;
-        let registered = self.lock().computations.get(&req.compute_id).map(|c| c.compute.auth.clone());
+        let registered = self
+            .lock()
+            .computations
+            .get(&req.compute_id)
+            .map(|c| c.compute.auth.clone());
         let saved = self.saved_for(req.compute_id).await;
-        let known = registered.as_deref().or_else(|| saved.first().map(|r| r.compute_auth.as_str()));
+        let known = registered
+            .as_deref()
+            .or_else(|| saved.first().map(|r| r.compute_auth.as_str()));
         if known != Some(auth.as_str()) {
             return None;
         }
@@ -707,20 +734,38 @@ impl Node {
 
     async fn pending_jobs_value(&self, body: &[u8]) -> Value {
         let Some((req, saved)) = self.saved_request(body).await else {
-            return Value::str_dict([("done", Value::List(Vec::new())), ("pending", Value::Int(0))]);
+            return Value::str_dict([
+                ("done", Value::List(Vec::new())),
+                ("pending", Value::Int(0)),
+            ]);
         };
-        let running = self.lock().jobs.values().filter(|j| j.compute_id == req.compute_id && !j.finishing).count();
+        let running = self
+            .lock()
+            .jobs
+            .values()
+            .filter(|j| j.compute_id == req.compute_id && !j.finishing)
+            .count();
         // The reference caps the list at about 51 uids per answer.
         let done = saved.iter().take(51).map(|r| Value::Int(r.uid)).collect();
-        Value::str_dict([("done", Value::List(done)), ("pending", Value::Int(running as i64))])
+        Value::str_dict([
+            ("done", Value::List(done)),
+            ("pending", Value::Int(running as i64)),
+        ])
     }
 
-    async fn on_retrieve_job(&self, s: &mut Conn, body: &[u8], peer: SocketAddr) -> Result<(), NetError> {
+    async fn on_retrieve_job(
+        &self,
+        s: &mut Conn,
+        body: &[u8],
+        peer: SocketAddr,
+    ) -> Result<(), NetError> {
         let Some((req, saved)) = self.saved_request(body).await else {
             tracing::info!(client = %peer, "refused RETRIEVE_JOB: unknown computation or wrong auth");
             return self.reply_pickle(s, &Value::None).await;
         };
-        let found = saved.into_iter().find(|r| Some(r.uid) == req.uid && Some(&r.hash) == req.hash.as_ref());
+        let found = saved
+            .into_iter()
+            .find(|r| Some(r.uid) == req.uid && Some(&r.hash) == req.hash.as_ref());
         let Some(r) = found else {
             return self.reply_pickle(s, &Value::None).await;
         };
@@ -734,13 +779,25 @@ impl Node {
         Ok(())
     }
 
-    async fn on_resend_results(self: &Arc<Self>, s: &mut Conn, body: &[u8], peer: SocketAddr) -> Result<(), NetError> {
+    async fn on_resend_results(
+        self: &Arc<Self>,
+        s: &mut Conn,
+        body: &[u8],
+        peer: SocketAddr,
+    ) -> Result<(), NetError> {
         let Some((req, saved)) = self.saved_request(body).await else {
             tracing::info!(client = %peer, "refused RESEND_JOB_RESULTS: unknown computation or wrong auth");
             return self.reply_pickle(s, &Value::Int(0)).await;
         };
-        let running = self.lock().jobs.values().filter(|j| j.compute_id == req.compute_id && !j.finishing).count();
-        let r = self.reply_pickle(s, &Value::Int((saved.len() + running) as i64)).await;
+        let running = self
+            .lock()
+            .jobs
+            .values()
+            .filter(|j| j.compute_id == req.compute_id && !j.finishing)
+            .count();
+        let r = self
+            .reply_pickle(s, &Value::Int((saved.len() + running) as i64))
+            .await;
         let n = self.clone();
         tokio::spawn(async move { n.resend_results(Some(req.compute_id)).await });
         r

@@ -45,6 +45,12 @@ impl Node {
         };
         spec.env = JailSpec::standard_env(dir, &path);
         spec.env.extend(extra_env);
+        // Without a cgroup of its own, rlimits are the fallback for the configured limits
+        // (coarser: RLIMIT_NPROC counts every process of the uid, RLIMIT_AS address space).
+        if cgroup.is_none() {
+            spec.rlimits.nproc = self.live().job_pids_max;
+            spec.rlimits.address_space = self.live().job_memory_max;
+        }
         spec.cgroup = cgroup;
         spec.landlock = Some(LandlockPolicy::for_computation(
             dir,
@@ -53,7 +59,10 @@ impl Node {
             false,
         ));
         let mut cmd = Command::from(jail_command(&spec, program, args));
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
         cmd
     }
 
@@ -70,7 +79,11 @@ impl Node {
     }
 
     /// A leaf cgroup for one process of a computation (`worker`, or a program job).
-    pub(crate) fn leaf_cgroup(&self, comp: Option<&ComputationCgroup>, leaf: &str) -> Option<JobCgroup> {
+    pub(crate) fn leaf_cgroup(
+        &self,
+        comp: Option<&ComputationCgroup>,
+        leaf: &str,
+    ) -> Option<JobCgroup> {
         let made: Result<JobCgroup, CgroupError> = comp?.create_job(leaf, &self.job_limits());
         match made {
             Ok(cg) => Some(cg),

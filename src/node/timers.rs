@@ -143,8 +143,14 @@ impl Node {
                 ]);
                 let mut msg = b"NODE_CPUS:".to_vec();
                 pickle::encode_into(&v, &mut msg);
-                let _ =
-                    net::request(SocketAddr::new(ip, port), &msg, false, self.msg_timeout(), self.tls.as_ref()).await;
+                let _ = net::request(
+                    SocketAddr::new(ip, port),
+                    &msg,
+                    false,
+                    self.msg_timeout(),
+                    self.tls.as_ref(),
+                )
+                .await;
             }
         }
         if service == Service::Ended {
@@ -203,7 +209,15 @@ impl Node {
         ]);
         let mut msg = b"PULSE:".to_vec();
         pickle::encode_into(&v, &mut msg);
-        match net::request(SocketAddr::new(ipa, port), &msg, true, self.msg_timeout(), self.tls.as_ref()).await {
+        match net::request(
+            SocketAddr::new(ipa, port),
+            &msg,
+            true,
+            self.msg_timeout(),
+            self.tls.as_ref(),
+        )
+        .await
+        {
             Ok(Some(r)) if r == b"PULSE" => self.touch(),
             Ok(_) => tracing::debug!(scheduler = %ip, "PULSE not acknowledged"),
             Err(e) => tracing::debug!(scheduler = %ip, error = %e, "PULSE failed"),
@@ -254,9 +268,14 @@ impl Node {
                         self.cfg.node_port,
                         &self.sign,
                     );
-                    let _ =
-                        net::request(SocketAddr::new(ip, port), &msg, false, self.msg_timeout(), self.tls.as_ref())
-                            .await;
+                    let _ = net::request(
+                        SocketAddr::new(ip, port),
+                        &msg,
+                        false,
+                        self.msg_timeout(),
+                        self.tls.as_ref(),
+                    )
+                    .await;
                 }
             }
         }

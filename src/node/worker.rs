@@ -68,14 +68,20 @@ pub struct Worker {
 impl Worker {
     /// Starts the worker with `cmd` (the jailed interpreter) and routes its job events to
     /// `events`. Its stdin and stdout are our control stream; its stderr goes to our log.
-    pub fn spawn(mut cmd: Command, events: mpsc::UnboundedSender<JobEvent>) -> Result<Arc<Worker>, WorkerError> {
+    pub fn spawn(
+        mut cmd: Command,
+        events: mpsc::UnboundedSender<JobEvent>,
+    ) -> Result<Arc<Worker>, WorkerError> {
         let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
             .spawn()
-            .map_err(|source| WorkerError::Spawn { python: "python".to_owned(), source })?;
+            .map_err(|source| WorkerError::Spawn {
+                python: "python".to_owned(),
+                source,
+            })?;
         let stdin = child.stdin.take().ok_or(WorkerError::Gone)?;
         let stdout = child.stdout.take().ok_or(WorkerError::Gone)?;
         let pending: Arc<Mutex<Option<oneshot::Sender<ControlReply>>>> = Arc::default();

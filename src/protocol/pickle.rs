@@ -1311,7 +1311,8 @@ impl<'l> Materializer<'l> {
         let max_nodes = u64::try_from(self.limits.max_nodes).unwrap_or(u64::MAX);
         // Small pickles may still expand a little (shared short strings are normal).
         let allowed = self.input_len.min(self.limits.max_input).max(64 * 1024);
-        let max_payload = u64::try_from(allowed.saturating_mul(PAYLOAD_EXPANSION)).unwrap_or(u64::MAX);
+        let max_payload =
+            u64::try_from(allowed.saturating_mul(PAYLOAD_EXPANSION)).unwrap_or(u64::MAX);
 
         let mut color = vec![WHITE; n];
         let mut refs = vec![0u32; n];
