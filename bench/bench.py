@@ -56,7 +56,7 @@ def one_run(args, impl, workload, param, rnd, attempt):
     if args.quiet_cores > 0:
         rec['quiet_wait_s'], rec['busy_cores_before'] = benchlib.wait_quiet(args.quiet_cores, args.quiet_wait)
     rec['loadavg'] = benchlib.loadavg()
-    node = benchlib.Node(impl, args.venv, args.node_bin, cpus=args.cpus)
+    node = benchlib.Node(impl, args.venv, args.node_bin, cpus=args.cpus, python=args.our_python)
     try:
         node.start()
     except Exception as exc:
@@ -69,13 +69,17 @@ def one_run(args, impl, workload, param, rnd, attempt):
         sampler = node.start_sampler(args.sample_interval)
         busy0, bench_cpu0 = benchlib.cpu_busy()[0], time.process_time()
         run = benchlib.run_client(args.venv, workload, node.port, param, timeout=args.timeout,
-                                  stall=args.stall)
+                                  stall=args.stall, node_alive=node.alive)
         busy1, bench_cpu1 = benchlib.cpu_busy()[0], time.process_time()
         sampler.stop()
         rec.update(wedged=run.wedged, timed_out=run.timed_out, close_stalled=run.close_stalled,
                    progress=run.progress, client_status=run.status, client_elapsed=run.elapsed)
         if run.error:
             rec['error'] = run.error[:2000]
+        if run.node_died or not node.alive():
+            rec['error'] = 'the node exited (status %s) during the run: %s' % (
+                node.proc.poll(), node.log_tail(3)[-300:])
+            rec['wedged'] = False
         if run.result is None and not rec.get('error'):
             rec['error'] = 'no result (%s)' % ('wedged' if run.wedged else 'timeout' if run.timed_out
                                                 else 'client exit %s' % run.status)
@@ -112,6 +116,7 @@ def one_run(args, impl, workload, param, rnd, attempt):
             rec['median_rss_kb'] = sampler.median_rss(res['t0'], res['t1'])
         else:
             rec['peak_rss_kb'], rec['peak_rss_daemon_kb'], rec['peak_procs'] = sampler.peak_rss()
+        rec['tree_exes'] = sampler.exes
         rec['machine_busy_cores_run'] = (busy1 - busy0) / run.elapsed if run.elapsed else None
         rec['bench_cpu_s'] = bench_cpu1 - bench_cpu0
         return rec
@@ -228,15 +233,22 @@ def summarize(runs, raws, params):
             put('prog_node_ms', impl, nc.get('tree_ms_per_job'))
         for r in ok_recs(runs, impl, 'depends'):
             put('depends_mb_s', impl, r['result'].get('mb_per_s'))
+            cu = r['result'].get('client_util')
+            put('depends_client_util', impl, 100 * cu if cu is not None else None)
             put('depends_first_s', impl, r['result'].get('first_result_s'))
         for r in ok_recs(runs, impl, 'sendfile'):
             put('sendfile_mb_s', impl, r['result'].get('mb_per_s'))
+            cu = r['result'].get('client_util')
+            put('sendfile_client_util', impl, 100 * cu if cu is not None else None)
         for r in runs:
             if r['impl'] == impl:
                 put('start_ms', impl, r.get('start_ms'))
                 idle = r.get('idle') or {}
                 put('idle_rss_mib', impl, idle['daemon_kb'] / 1024 if idle.get('daemon_kb') else None)
                 put('idle_tree_mib', impl, idle['tree_kb'] / 1024 if idle.get('tree_kb') else None)
+                for k in ('anon', 'file', 'pss'):
+                    v = idle.get('daemon_%s_kb' % k)
+                    put('idle_%s_mib' % k, impl, v / 1024 if v is not None else None)
                 put('idle_procs', impl, idle.get('procs'))
     for mode in RAW_MODES:
         for raw in raws:
@@ -292,14 +304,19 @@ METRICS = [
     ]),
     ('Files (%(depends)d MiB)', [
         Metric('depends_mb_s', 'depends client->node', 'MB/s', 'higher', '%.0f', ('raw', 0.9)),
+        Metric('depends_client_util', '  client CPU use during it', '%', None, '%.0f'),
         Metric('depends_first_s', '  cluster creation -> 1st result', 's', 'lower', '%.3f'),
         Metric('sendfile_mb_s', 'dispy_send_file node->client', 'MB/s', 'higher', '%.0f', ('raw', 0.9)),
+        Metric('sendfile_client_util', '  client CPU use during it', '%', None, '%.0f'),
         Metric('raw_raw', 'limit: raw loopback copy', 'MB/s', None, '%.0f'),
         Metric('raw_stream', '  file->file stream copy', 'MB/s', None, '%.0f'),
         Metric('raw_acked', '  file->file, 1024000-byte chunks+acks', 'MB/s', None, '%.0f'),
     ]),
     ('Memory and start-up', [
         Metric('idle_rss_mib', 'idle RSS, daemon', 'MiB', 'lower', '%.1f', ('inv', 6)),
+        Metric('idle_anon_mib', '  of which anonymous (heap, stacks)', 'MiB', 'lower', '%.1f'),
+        Metric('idle_file_mib', '  of which file-backed (code, libs)', 'MiB', 'lower', '%.1f'),
+        Metric('idle_pss_mib', '  idle PSS, daemon (shared pages split)', 'MiB', 'lower', '%.1f'),
         Metric('idle_tree_mib', '  idle RSS, whole tree', 'MiB', 'lower', '%.1f'),
         Metric('idle_procs', '  idle processes', '', None, '%.0f'),
         Metric('start_ms', 'start -> accepting TCP', 'ms', 'lower', '%.1f'),
@@ -311,7 +328,7 @@ def fmt(m, v):
     return '-' if v is None else (m.fmt % v)
 
 
-def render(summary, counts, machine, params, config):
+def render(summary, counts, machine, params, config, runs=()):
     raw = (summary.get('raw_raw') or {}).get('both', {}).get('median')
     rows = [('metric', 'unit', 'reference', 'ours', 'ours/ref', 'better', 'target')]
     sections = []
@@ -376,6 +393,11 @@ def render(summary, counts, machine, params, config):
     out.append('git %s%s; %d round(s), medians over rounds; command: %s' % (
         machine['git_commit'], ' (src modified)' if machine.get('src_dirty') else '',
         config['rounds'], config['command']))
+    busy = [r.get('busy_cores_before') for r in runs if r.get('busy_cores_before') is not None]
+    if busy:
+        out.append('machine busy before each run (other processes): median %.2f cores, max %.2f; runs wait '
+                   'up to %gs for <= %g busy cores' % (median(busy), max(busy), config['quiet_wait'],
+                                                       config['quiet_cores']))
     out.append('')
     out.append(line(rows[0]))
     out.append('  '.join('-' * w for w in widths))
@@ -404,6 +426,7 @@ def main():
     ap.add_argument('--only', default=','.join(WORKLOADS), help='comma-separated subset of %s' % (WORKLOADS,))
     ap.add_argument('--impl', default='both', choices=('both', 'ours', 'ref'))
     ap.add_argument('--cpus', type=int, default=2)
+    ap.add_argument('--our-python', help="our node's --python (default: its own default, python3)")
     ap.add_argument('--stall', type=float, default=20.0, help='seconds without progress = wedged')
     ap.add_argument('--timeout', type=float, default=240.0, help='hard timeout of one client run')
     ap.add_argument('--retries', type=int, default=4, help='retries of a wedged/failed run')
@@ -413,7 +436,7 @@ def main():
     ap.add_argument('--quiet-cores', type=float, default=0.5,
                     help='before each run, wait until other processes use at most this many cores '
                          '(measured over 1 s; 0: do not wait)')
-    ap.add_argument('--quiet-wait', type=float, default=60.0, help='longest wait for a quiet machine (s)')
+    ap.add_argument('--quiet-wait', type=float, default=30.0, help='longest wait for a quiet machine (s)')
     ap.add_argument('--out', help='JSON output (default bench/results/latest.json, quick.json with --quick)')
     args = ap.parse_args()
 
@@ -440,7 +463,7 @@ def main():
 
     machine = benchlib.machine_info(args.venv, args.node_bin)
     config = {'rounds': rounds, 'params': params, 'workloads': workloads, 'impls': impls,
-              'cpus': args.cpus, 'stall': args.stall, 'timeout': args.timeout, 'retries': args.retries,
+              'cpus': args.cpus, 'our_python': args.our_python, 'stall': args.stall, 'timeout': args.timeout, 'retries': args.retries,
               'idle_wait': args.idle_wait, 'sample_interval': args.sample_interval,
               'quiet_cores': args.quiet_cores, 'quiet_wait': args.quiet_wait,
               'command': 'bench/run.sh ' + ' '.join(sys.argv[1:]) if os.environ.get('BENCH_VIA_RUN_SH')
@@ -461,7 +484,7 @@ def main():
     machine['loadavg_end'] = benchlib.loadavg()
     machine['bench_minutes'] = (time.time() - t_start) / 60
     summary, counts = summarize(runs, raws, params)
-    table = render(summary, counts, machine, params, config)
+    table = render(summary, counts, machine, params, config, runs)
     doc = {'machine': machine, 'config': config, 'summary': summary, 'counts': counts,
            'raw_copies': raws, 'runs': runs, 'table': table.splitlines()}
     with open(out_json, 'w') as fd:

@@ -104,12 +104,29 @@ def tree_pids(root, table):
     return out
 
 
-def vmrss_kb(pid):
-    """VmRSS of one process from /proc/<pid>/status (KiB), or None."""
+def status_kb(pid, key):
+    """A KiB field (VmRSS, RssAnon, RssFile...) of /proc/<pid>/status, or None."""
     try:
         with open('/proc/%d/status' % pid) as fd:
             for line in fd:
-                if line.startswith('VmRSS:'):
+                if line.startswith(key + ':'):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def vmrss_kb(pid):
+    """VmRSS of one process from /proc/<pid>/status (KiB), or None."""
+    return status_kb(pid, 'VmRSS')
+
+
+def pss_kb(pid):
+    """Pss (proportional set size: shared pages divided among their users) in KiB, or None."""
+    try:
+        with open('/proc/%d/smaps_rollup' % pid) as fd:
+            for line in fd:
+                if line.startswith('Pss:'):
                     return int(line.split()[1])
     except OSError:
         pass
@@ -160,6 +177,7 @@ class TreeSampler(threading.Thread):
         self.interval = interval
         self.samples = []      # (t, rss_tree, rss_root, nprocs, cpu_root, cpu_tree, machine_busy)
         self.seen = {}         # pid -> starttime, every process seen in the tree
+        self.exes = {}         # executable -> how many processes of the tree ran it (seen)
         self._stop_ev = threading.Event()
 
     def sample(self):
@@ -171,7 +189,13 @@ class TreeSampler(threading.Thread):
         root = table[self.root]
         cpu_tree = sum(table[p][1] + table[p][2] for p in pids)
         for p in pids:
-            self.seen.setdefault(p, table[p][4])
+            if p not in self.seen:
+                self.seen[p] = table[p][4]
+                try:
+                    exe = os.readlink('/proc/%d/exe' % p)
+                except OSError:
+                    exe = '?'
+                self.exes[exe] = self.exes.get(exe, 0) + 1
         s = (time.time(), rss, root[3], len(pids), root[1], cpu_tree, cpu_busy()[0])
         self.samples.append(s)
         return s
@@ -239,11 +263,29 @@ def default_node_bin():
 
 # ---------------------------------------------------------------- nodes
 
+def node_account():
+    """(uid, gid) our node runs as when started as root without --user/--group."""
+    import grp
+    import pwd
+    try:
+        pw = pwd.getpwnam('dispynode')
+        return pw.pw_uid, pw.pw_gid
+    except KeyError:
+        pass
+    uid = pwd.getpwnam('nobody').pw_uid
+    for g in ('nogroup', 'nobody'):
+        try:
+            return uid, grp.getgrnam(g).gr_gid
+        except KeyError:
+            pass
+    return uid, 65534
+
+
 class Node:
     """A fresh node (ours or the reference) in its own temp dir on a free port pair.
     start() measures the time from spawn to accepting TCP connections."""
 
-    def __init__(self, impl, venv, node_bin, cpus=2, debug=False, extra=(), wrap=()):
+    def __init__(self, impl, venv, node_bin, cpus=2, debug=False, extra=(), wrap=(), python=None):
         self.impl = impl
         self.venv = venv
         self.node_bin = node_bin
@@ -251,6 +293,7 @@ class Node:
         self.debug = debug
         self.extra = list(extra)
         self.wrap = list(wrap)     # e.g. ['perf', 'record', ...] (then pid is the wrapper's)
+        self.python = python       # our node's --python (None: its default, python3 on its PATH)
         self.port = None
         self.proc = None
         self.base = None
@@ -262,7 +305,9 @@ class Node:
         if self.impl == 'ours':
             cmd = [self.node_bin, '-i', '127.0.0.1', '--node_port', str(self.port),
                    '--scheduler_port', str(self.port - 1), '--dest_path_prefix', prefix,
-                   '--cpus', str(self.cpus), '--python', py]
+                   '--cpus', str(self.cpus)]
+            if self.python:
+                cmd += ['--python', self.python]
         else:
             cmd = [py, os.path.join(self.venv, 'bin', 'dispynode.py'), '-i', '127.0.0.1',
                    '-p', str(self.port - 1), '--dest_path_prefix', prefix,
@@ -275,6 +320,12 @@ class Node:
         self.base = tempfile.mkdtemp(prefix='dispynode-bench-%s-' % self.impl)
         prefix = os.path.join(self.base, 'prefix')
         os.mkdir(prefix)
+        if self.impl == 'ours' and os.geteuid() == 0:
+            # Started as root, our node drops to --user (default dispynode, else nobody)
+            # before it creates anything: the prefix must be theirs.
+            uid, gid = node_account()
+            os.chmod(self.base, 0o755)
+            os.chown(prefix, uid, gid)
         self.port = free_port_pair()
         self.log_path = os.path.join(self.base, 'node.log')
         logf = open(self.log_path, 'wb')
@@ -309,12 +360,16 @@ class Node:
         self.pid = self.proc.pid
         return self
 
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
     def idle_rss(self, wait=1.0):
         """VmRSS of the daemon and of its whole tree after `wait` s idle, before any client."""
         time.sleep(wait)
         table = proc_table()
         pids = tree_pids(self.pid, table)
-        return {'daemon_kb': vmrss_kb(self.pid),
+        return {'daemon_kb': vmrss_kb(self.pid), 'daemon_anon_kb': status_kb(self.pid, 'RssAnon'),
+                'daemon_file_kb': status_kb(self.pid, 'RssFile'), 'daemon_pss_kb': pss_kb(self.pid),
                 'tree_kb': sum(vmrss_kb(p) or 0 for p in pids), 'procs': len(pids)}
 
     def start_sampler(self, interval=0.02):
@@ -381,13 +436,15 @@ class ClientRun:
         self.wedged = False          # no progress for `stall` seconds before a result
         self.timed_out = False       # hard timeout
         self.close_stalled = False   # result printed, then the client hung (in close)
+        self.node_died = False       # the node exited during the run
         self.progress = 0
         self.elapsed = None
         self.stderr_tail = ''
         self.pid = None
 
 
-def run_client(venv, mode, port, param, timeout=240.0, stall=20.0, env=None, on_start=None):
+def run_client(venv, mode, port, param, timeout=240.0, stall=20.0, env=None, on_start=None,
+               node_alive=None):
     """Runs client.py MODE PORT PARAM in a fresh cwd, in its own process group.
     Killed (whole group) after `timeout` s, or after `stall` s without a change
     of its PROGRESS count (a wedged node)."""
@@ -425,6 +482,9 @@ def run_client(venv, mode, port, param, timeout=240.0, stall=20.0, env=None, on_
     th.start()
     while proc.poll() is None:
         now = time.time()
+        if node_alive is not None and not node_alive():
+            run.node_died = True
+            break
         if now - started > timeout:
             run.timed_out = run.result is None
             run.close_stalled = run.result is not None

@@ -69,11 +69,11 @@ def _timed_xfer_file():
     orig = dispy._Node.xfer_file
 
     def xfer_file(self, xf, task=None):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), cpu_now()
         resp = yield orig(self, xf, task=task)
         XFERS.append({'name': os.path.basename(xf.name), 'size': xf.stat_buf.st_size,
                       'seconds': time.perf_counter() - t0, 'resp': resp,
-                      'end': time.time()})
+                      'client_cpu': cpu_now() - c0, 'end': time.time()})
         return resp
     dispy._Node.xfer_file = xfer_file
 
@@ -290,7 +290,8 @@ def run_depends(port, mib):
         fail('no transfer of bench_dep.bin seen (status %r, %r)' % (j.status, j.exception))
     x = xf[0]
     res.update(xfer_s=x['seconds'], xfer_resp=x['resp'], xfer_end=x['end'],
-               mb_per_s=(mib << 20) / x['seconds'] / 1e6)
+               mb_per_s=(mib << 20) / x['seconds'] / 1e6,
+               client_util=x['client_cpu'] / x['seconds'])
     ok = (j.status == j2.status == dispy.DispyJob.Finished and j.result == (1, mib << 20)
           and j2.result == (2, digest))
     res['wrong'] = 0 if ok or res['lost'] else 1
@@ -304,8 +305,12 @@ def run_depends(port, mib):
 def run_sendfile(port, mib):
     t_create = time.time()
     c = make_cluster(send_big, port)
+    if not wait_ready(c):
+        fail('node not ready')
+    cpu0 = cpu_now()
     j = c.submit(mib)
     j.finish.wait(WAIT)
+    cpu1 = cpu_now()
     t_first = time.time()
     DONE[0] = 1
     res = {'mode': 'sendfile', 'mib': mib, 'first_result_s': t_first - t_create,
@@ -317,7 +322,11 @@ def run_sendfile(port, mib):
         close(c)
         return res
     rc, secs, size, digest = r
-    res.update(rc=rc, send_s=secs, mb_per_s=size / secs / 1e6 if secs > 0 else None)
+    res.update(rc=rc, send_s=secs, mb_per_s=size / secs / 1e6 if secs > 0 else None,
+               client_cpu=cpu1 - cpu0,
+               # the client is all but idle while the job writes its file: its CPU
+               # over the job is (nearly) its CPU over the transfer
+               client_util=(cpu1 - cpu0) / secs if secs > 0 else None)
     got = None
     if os.path.isfile('bench_send.bin'):
         h = hashlib.sha256()

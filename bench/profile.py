@@ -11,6 +11,7 @@ every sample is charged to one role:
     daemon   the Rust dispynode process (all its threads)
     worker   the per-computation Python worker (the daemon's python child)
     jobs     the job processes the worker forks (one per job)
+    programs (--workload prog) the program jobs: the daemon's children (jail re-exec, then the program)
     client   the dispy client process
     other    everything else on the machine (other users' load: noise)
 
@@ -41,17 +42,21 @@ MARKERS = [   # (label, regex on a frame's symbol): inclusive shares
     ('fork (copy_process)', r'^(copy_process|dup_mm|copy_page_range|dup_mmap)'),
     ('exit + unmap (do_exit/exit_mmap)', r'^(do_exit|exit_mmap|unmap_vmas|mmput)$'),
     ('page faults', r'^(exc_page_fault|handle_mm_fault|do_wp_page|wp_page_copy)$'),
-    ('execve', r'^(do_execveat_common|bprm_execve|__x64_sys_execve|load_elf_binary)'),
     ('wait/signals', r'^(do_wait|kernel_waitid|__x64_sys_wait4|get_signal|do_signal)'),
     ('pipe read/write', r'^(pipe_read|pipe_write)$'),
     ('TCP (tcp_sendmsg/recvmsg/connect/accept)', r'^(tcp_sendmsg|tcp_recvmsg|__sys_connect|__sys_accept4|tcp_v4_connect|inet_accept)'),
     ('socket close/teardown', r'^(tcp_close|__sock_release|inet_release)$'),
+    ('file create/unlink (openat/unlinkat)', r'^(do_sys_openat2|do_unlinkat)$'),
+    ('ext4 file writes', r'^ext4_file_write_iter$'),
+    ('/proc reads', r'^(do_task_stat|proc_pid_status|proc_single_show|proc_pid_cmdline_read)$'),
+    ('fsync', r'^(do_fsync|vfs_fsync_range|__x64_sys_fsync|__x64_sys_fdatasync)$'),
+    ('execve of the jail/program', r'^(do_execveat_common)'),
     ('epoll/poll/select', r'^(do_epoll_wait|ep_poll|do_sys_poll|do_select|core_sys_select)'),
     ('scheduler (schedule)', r'^(schedule|__schedule)$'),
     ('Python eval loop', r'^_PyEval_EvalFrameDefault$'),
     ('Python GC', r'^(gc_collect_main|collect|gc_collect_region|_PyGC_Collect)'),
-    ('pickle', r'^(load|save|_pickle_|Pickler|Unpickler|load_frame|save_reduce)'),
-    ('json', r'^(encoder_|scanstring|_json_|scan_once)'),
+    ('pickle', r'@_pickle'),
+    ('json', r'@_json'),
     ('import / compile', r'^(_PyImport|PyImport_|_PyParser|_PyPegen|_PyAST_Compile|compiler_)'),
 ]
 
@@ -97,7 +102,7 @@ def parse_perf(script_out):
         yield cur
 
 
-def classify(events, daemon, client):
+def classify(events, daemon, client, child_role='worker', grandchild_role='jobs'):
     parent = {}
     samples = []
     for ev in events:
@@ -127,7 +132,7 @@ def classify(events, daemon, client):
             anc = chain(pid)
             if daemon in anc:
                 # the worker is the daemon's direct python child; deeper = jobs
-                r = 'worker' if anc[0] == daemon else 'jobs'
+                r = child_role if anc[0] == daemon else grandchild_role
             elif client in anc:
                 r = 'client'
             else:
@@ -149,7 +154,12 @@ def classify(events, daemon, client):
             hit = set()
             for sym, dso in frames:
                 for label, rx in MARKERS:
-                    if label not in hit and re.search(rx, sym):
+                    if label in hit:
+                        continue
+                    if rx.startswith('@'):
+                        if rx[1:] in dso:
+                            hit.add(label)
+                    elif re.search(rx, sym):
                         hit.add(label)
             for label in hit:
                 d['markers'][label] += period
@@ -206,7 +216,10 @@ def main():
                                    '-F', 'comm,pid,tid,period,ip,sym,dso'],
                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                                   errors='replace')
-            per = classify(parse_perf(sp.stdout), node.pid, run.pid)
+            if args.workload == 'prog':   # program jobs are the daemon's own children
+                per = classify(parse_perf(sp.stdout), node.pid, run.pid, 'programs', 'program children')
+            else:
+                per = classify(parse_perf(sp.stdout), node.pid, run.pid)
             sp.wait(120)
             total_ns = sum(d['ns'] for d in per.values())
             roles = {}
@@ -244,7 +257,7 @@ def print_report(rec):
         return
     print('perf (whole client run), CPU ms per job by role:')
     for r, d in perf['roles'].items():
-        print('  %-7s %6.2f ms/job  (%4.1f%% of all samples, %3.0f%% in kernel, %d processes)' % (
+        print('  %-8s %6.2f ms/job  (%4.1f%% of all samples, %3.0f%% in kernel, %d processes)' % (
             r, d['cpu_ms_per_job'], 100 * d['share_of_all_samples'], 100 * (d['kernel_share'] or 0),
             d['processes']))
         if r == 'other':

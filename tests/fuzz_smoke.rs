@@ -31,7 +31,9 @@ const TARGETS: [(&str, Oracle); 11] = [
 ];
 
 fn seeds_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz").join("seeds")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz")
+        .join("seeds")
 }
 
 fn seeds(target: &str) -> Vec<(String, Vec<u8>)> {
@@ -117,13 +119,17 @@ fn dispy_seeds_decode_into_their_messages() {
             let v = decode(target, &name, &data);
             let ok = match target {
                 "compute" => Compute::from_value(&v).map(drop).map_err(|e| e.to_string()),
-                "xfer_file" => XferFile::from_value(&v).map(drop).map_err(|e| e.to_string()),
+                "xfer_file" => XferFile::from_value(&v)
+                    .map(drop)
+                    .map_err(|e| e.to_string()),
                 "job" => Job::from_value(&v).map(drop).map_err(|e| e.to_string()),
                 "compute_request" => ComputeRequest::from_value(&v)
                     .map(drop)
                     .map_err(|e| e.to_string()),
                 "ping" => Ping::from_value(&v).map(drop).map_err(|e| e.to_string()),
-                "job_reply" => JobReply::from_value(&v).map(drop).map_err(|e| e.to_string()),
+                "job_reply" => JobReply::from_value(&v)
+                    .map(drop)
+                    .map_err(|e| e.to_string()),
                 other => panic!("dispy- seed in {other}"),
             };
             if let Err(e) = ok {

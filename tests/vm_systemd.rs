@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 
 #[test]
-fn systemd_units_in_a_real_vm() {
+fn vm_systemd_units_end_to_end() {
     if std::env::var("DISPYNODE_VM_TESTS").as_deref() != Ok("1") {
         eprintln!("SKIP: the VM tests run with DISPYNODE_VM_TESTS=1 (.ci/run sets it for its VM step)");
         return;

@@ -113,11 +113,7 @@ fn walk(v: &Value, depth: usize, s: &mut TreeStats) {
             walk(state, d, s);
         }
         Value::PersistentId(inner) => walk(inner, d, s),
-        Value::None
-        | Value::Bool(_)
-        | Value::Int(_)
-        | Value::Float(_)
-        | Value::Extension(_) => {}
+        Value::None | Value::Bool(_) | Value::Int(_) | Value::Float(_) | Value::Extension(_) => {}
     }
 }
 
@@ -345,7 +341,10 @@ pub fn compute(body: &[u8]) {
     let Ok(c) = Compute::from_value(&v) else {
         return;
     };
-    assert!(matches!(c.kind, ComputeKind::Function | ComputeKind::Program));
+    assert!(matches!(
+        c.kind,
+        ComputeKind::Function | ComputeKind::Program
+    ));
     let _ = c.cleanup.removes_files();
     for xf in &c.xfer_files {
         check_xfer(xf);
@@ -356,8 +355,13 @@ pub fn compute(body: &[u8]) {
     }
     // The scheduler's directory is named after scheduler_ip_addr once it parses as an IP
     // (make_compute_dir opens it as one component): it must not be a way out either.
-    if net::parse_ip(&c.scheduler_ip_addr).is_some() && store::check_component(&c.scheduler_ip_addr).is_ok() {
-        assert_contained(std::slice::from_ref(&c.scheduler_ip_addr), "scheduler directory");
+    if net::parse_ip(&c.scheduler_ip_addr).is_some()
+        && store::check_component(&c.scheduler_ip_addr).is_ok()
+    {
+        assert_contained(
+            std::slice::from_ref(&c.scheduler_ip_addr),
+            "scheduler directory",
+        );
     }
 }
 
@@ -443,7 +447,9 @@ fn assert_contained(comps: &[String], what: &str) {
     let root = Path::new("/prefix/127.0.0.1/comp");
     let p: PathBuf = comps.iter().fold(root.to_path_buf(), |p, c| p.join(c));
     assert!(
-        p.starts_with(root) && p.components().all(|c| matches!(c, Component::RootDir | Component::Normal(_))),
+        p.starts_with(root)
+            && p.components()
+                .all(|c| matches!(c, Component::RootDir | Component::Normal(_))),
         "{what}: components {comps:?} leave the directory: {}",
         p.display()
     );
@@ -490,10 +496,28 @@ struct Fixture {
     real_root: PathBuf,
 }
 
+/// A per-process scratch directory `<tmp>/<prefix><pid>`. Those of processes that are gone
+/// (earlier fuzz runs, earlier `cargo test`s) are removed on the way.
+fn scratch_dir(prefix: &str) -> PathBuf {
+    let tmp = std::env::temp_dir();
+    if let Ok(rd) = std::fs::read_dir(&tmp) {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(pid) = name.strip_prefix(prefix) else {
+                continue;
+            };
+            if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    tmp.join(format!("{prefix}{}", std::process::id()))
+}
+
 fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
     F.get_or_init(|| {
-        let base = std::env::temp_dir().join(format!("dispynode-fuzz-{}", std::process::id()));
+        let base = scratch_dir("dispynode-fuzz-paths-");
         let root = base.join("root");
         let outside = base.join("outside");
         std::fs::create_dir_all(root.join("a").join("b")).expect("fixture dirs");
@@ -568,7 +592,7 @@ pub fn store_path(data: &[u8]) {
 fn config_dir() -> &'static Path {
     static D: OnceLock<PathBuf> = OnceLock::new();
     D.get_or_init(|| {
-        let d = std::env::temp_dir().join(format!("dispynode-fuzz-config-{}", std::process::id()));
+        let d = scratch_dir("dispynode-fuzz-config-");
         std::fs::create_dir_all(&d).expect("config fuzz dir");
         d
     })
@@ -602,7 +626,10 @@ pub fn config_toml(data: &[u8]) {
     std::fs::write(&saved_path, &saved).expect("write the saved config");
     let mut c2 = match parse_config_file(&saved_path) {
         Ok(c2) => c2,
-        Err(e) => panic!("--save_config output does not load: {e}\n--- input\n{}\n--- saved\n{saved}", String::from_utf8_lossy(data)),
+        Err(e) => panic!(
+            "--save_config output does not load: {e}\n--- input\n{}\n--- saved\n{saved}",
+            String::from_utf8_lossy(data)
+        ),
     };
     assert_eq!(c2.config_file.as_deref(), Some(saved_path.as_path()));
     c2.config_file = c.config_file.clone();

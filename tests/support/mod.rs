@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use nix::fcntl::{Flock, FlockArg};
 use nix::sys::signal::{kill, killpg, Signal};
+use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use rand::Rng;
 use tempfile::TempDir;
@@ -235,23 +236,57 @@ pub fn free_port_pair() -> u16 {
 // ---------------------------------------------------------------------------
 // Processes
 
+/// How `child` ended, if it has, *without reaping it* (WNOWAIT): while the
+/// zombie exists its pid, and so its process group id, cannot be reused, so
+/// signalling the group stays safe until we reap it.  Only for children that
+/// were never reaped (never passed to `Child::try_wait`/`wait`).
+fn exited_unreaped(child: &Child) -> Option<WaitStatus> {
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+    match waitid(Id::Pid(Pid::from_raw(child.id() as i32)), flags) {
+        Ok(WaitStatus::StillAlive) => None,
+        Ok(status) => Some(status),
+        // ECHILD: already reaped; gone (see `reaped_elsewhere`).
+        Err(e) => Some(WaitStatus::Exited(Pid::from_raw(-1), -(e as i32))),
+    }
+}
+
+/// The marker `exited_unreaped` returns when the child was already reaped:
+/// its process group id may then belong to someone else, never signal it.
+fn reaped_elsewhere(status: &Option<WaitStatus>) -> bool {
+    matches!(status, Some(WaitStatus::Exited(p, _)) if p.as_raw() == -1)
+}
+
+fn describe(status: &WaitStatus) -> String {
+    match status {
+        WaitStatus::Exited(_, code) => format!("exit status {code}"),
+        WaitStatus::Signaled(_, sig, core) => {
+            format!(
+                "killed by {sig:?}{}",
+                if *core { " (core dumped)" } else { "" }
+            )
+        }
+        other => format!("{other:?}"),
+    }
+}
+
 /// SIGTERM, wait up to `grace`, then SIGKILL the whole process group (the
-/// child was started as a group leader) and reap the child.
+/// child was started as a group leader; leftovers such as job processes the
+/// reference forked go with it) and reap the child.  The group is signalled
+/// before the leader is reaped, so its id cannot belong to anyone else.
 fn stop_process_group(child: &mut Child, grace: Duration) {
     let pid = Pid::from_raw(child.id() as i32);
-    if matches!(child.try_wait(), Ok(None)) {
+    let mut state = exited_unreaped(child);
+    if state.is_none() {
         let _ = kill(pid, Signal::SIGTERM);
         let deadline = Instant::now() + grace;
-        while Instant::now() < deadline {
-            if !matches!(child.try_wait(), Ok(None)) {
-                break;
-            }
+        while Instant::now() < deadline && state.is_none() {
             thread::sleep(Duration::from_millis(50));
+            state = exited_unreaped(child);
         }
     }
-    // Leftovers of the group (e.g. job processes forked by the reference).
-    let _ = killpg(pid, Signal::SIGKILL);
-    let _ = child.kill();
+    if !reaped_elsewhere(&state) {
+        let _ = killpg(pid, Signal::SIGKILL);
+    }
     let _ = child.wait();
 }
 
@@ -312,6 +347,8 @@ pub struct Node {
     prefix: PathBuf,
     log_path: PathBuf,
     command: String,
+    /// Set once the node process has been reaped (after `terminate`).
+    reaped: Option<ExitStatus>,
 }
 
 impl Node {
@@ -393,6 +430,7 @@ impl Node {
             prefix,
             log_path,
             command,
+            reaped: None,
         };
         node.wait_accepting();
         node
@@ -402,9 +440,10 @@ impl Node {
         let deadline = Instant::now() + NODE_START_TIMEOUT;
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
         loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
+            if let Some(status) = exited_unreaped(&self.child) {
                 panic!(
-                    "node exited during start-up ({status})\ncommand: {}\n--- node log\n{}",
+                    "node exited during start-up ({})\ncommand: {}\n--- node log\n{}",
+                    describe(&status),
                     self.command,
                     tail(&self.log(), 200)
                 );
@@ -490,13 +529,17 @@ impl Node {
     }
 
     pub fn is_alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+        self.reaped.is_none() && exited_unreaped(&self.child).is_none()
     }
 
     /// Panics (with the log) if the node has exited, or if our node's log
     /// shows a Rust panic (a panicking task may leave the process running).
     pub fn assert_alive(&mut self) {
-        if let Ok(Some(status)) = self.child.try_wait() {
+        let ended = match self.reaped {
+            Some(status) => Some(status.to_string()),
+            None => exited_unreaped(&self.child).map(|s| describe(&s)),
+        };
+        if let Some(status) = ended {
             panic!(
                 "the node died ({status})\ncommand: {}\n--- node log\n{}",
                 self.command,
@@ -518,14 +561,27 @@ impl Node {
     /// Sends SIGTERM and waits up to `timeout` for the node to exit (no
     /// SIGKILL): Ok(exit status) or Err(description).
     pub fn terminate(&mut self, timeout: Duration) -> Result<ExitStatus, String> {
-        if let Ok(Some(status)) = self.child.try_wait() {
+        if let Some(status) = self.reaped {
             return Err(format!("the node had already exited ({status})"));
         }
-        kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM)
-            .map_err(|e| format!("kill: {e}"))?;
+        if let Some(status) = exited_unreaped(&self.child) {
+            return Err(format!(
+                "the node had already exited ({})",
+                describe(&status)
+            ));
+        }
+        let pid = Pid::from_raw(self.child.id() as i32);
+        kill(pid, Signal::SIGTERM).map_err(|e| format!("kill: {e}"))?;
         let deadline = Instant::now() + timeout;
         loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
+            let state = exited_unreaped(&self.child);
+            if state.is_some() {
+                // leftovers of its group first, while the group id is ours
+                if !reaped_elsewhere(&state) {
+                    let _ = killpg(pid, Signal::SIGKILL);
+                }
+                let status = self.child.wait().map_err(|e| format!("wait: {e}"))?;
+                self.reaped = Some(status);
                 return Ok(status);
             }
             if Instant::now() > deadline {
@@ -585,7 +641,9 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
-        stop_process_group(&mut self.child, NODE_STOP_GRACE);
+        if self.reaped.is_none() {
+            stop_process_group(&mut self.child, NODE_STOP_GRACE);
+        }
     }
 }
 
@@ -681,23 +739,28 @@ pub fn run_client(script: &str, args: &[&str], timeout: Duration) -> ClientRun {
     });
     let deadline = started + timeout;
     let mut timed_out = false;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(s)) => break Some(s),
-            Ok(None) => {}
-            Err(_) => break None,
+    let pgid = Pid::from_raw(child.id() as i32);
+    let state = loop {
+        let state = exited_unreaped(&child);
+        if state.is_some() {
+            break state;
         }
         if Instant::now() > deadline {
             timed_out = true;
-            let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
-            let _ = child.kill();
-            let _ = child.wait();
             break None;
         }
         thread::sleep(Duration::from_millis(50));
     };
-    // Leftover processes of the client's group would keep the pipes open.
-    let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+    // The whole group on timeout; otherwise leftovers of the client's group
+    // (they would keep the pipes open).  Done before reaping the leader, so
+    // the group id is still ours.
+    if !reaped_elsewhere(&state) {
+        let _ = killpg(pgid, Signal::SIGKILL);
+    }
+    let status = match child.wait() {
+        Ok(s) if !timed_out => Some(s),
+        _ => None,
+    };
     let stdout = String::from_utf8_lossy(&out_reader.join().unwrap_or_default()).into_owned();
     let stderr = String::from_utf8_lossy(&err_reader.join().unwrap_or_default()).into_owned();
     ClientRun {
