@@ -1224,7 +1224,7 @@ fn file_over_max_file_size() {
 
 /// Depth of the directory trees below: deep enough that a recursive removal overflows a
 /// 2 MiB thread stack (tokio's default), far below what the filesystem allows.
-const DEEP: usize = 6000;
+const DEEP: usize = 3000;
 
 /// Removes a directory with `rm -rf` when dropped (declare it after the Node, so it runs
 /// first): the TempDir holding the node's prefix is removed with std's recursive
