@@ -85,6 +85,7 @@ def one_run(args, impl, workload, param, rnd, attempt):
                                                 else 'client exit %s' % run.status)
         if run.result is None:
             rec['client_stderr_tail'] = run.stderr_tail[-1500:]
+            rec['client_log_tail'] = run.other_output[-20:]
             rec['node_log_tail'] = node.log_tail(20)
             keep = os.path.join(args.results_dir, 'logs', '%s-%s-r%d-a%d.log' % (impl, workload, rnd, attempt))
             rec['node_log'] = os.path.relpath(keep, benchlib.REPO)

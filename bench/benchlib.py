@@ -437,6 +437,7 @@ class ClientRun:
         self.timed_out = False       # hard timeout
         self.close_stalled = False   # result printed, then the client hung (in close)
         self.node_died = False       # the node exited during the run
+        self.other_output = []       # the client's last other stdout lines (its log)
         self.progress = 0
         self.elapsed = None
         self.stderr_tail = ''
@@ -478,6 +479,9 @@ def run_client(venv, mode, port, param, timeout=240.0, stall=20.0, env=None, on_
                 last_change[0] = time.time()
             elif line.startswith('ERROR '):
                 run.error = line[len('ERROR '):]
+            else:   # dispy's and pycos's log lines go to stdout
+                run.other_output.append(line)
+                del run.other_output[:-40]
     th = threading.Thread(target=reader, daemon=True)
     th.start()
     while proc.poll() is None:

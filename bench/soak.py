@@ -84,6 +84,7 @@ def main():
                    'client_util': res.get('client_util'), 'loadavg': benchlib.loadavg()}
             if run.result is None:
                 rec['client_stderr_tail'] = run.stderr_tail[-1500:]
+                rec['client_log_tail'] = run.other_output[-20:]
                 rec['node_log_tail'] = node.log_tail(30)
             bad = (run.result is None or res.get('lost') or res.get('wrong') or not alive)
             rec['bad'] = bool(bad)

@@ -134,7 +134,7 @@ fn description(w: &mut dyn Write) -> io::Result<()> {
             ),
         ],
     );
-    example(&mut r, "systemctl enable --now dispynode.socket");
+    example(&mut r, &["systemctl enable --now dispynode.socket"]);
     r.to_writer(w)
 }
 
@@ -183,10 +183,15 @@ fn sections(w: &mut dyn Write) -> io::Result<()> {
              subtree delegated to it for the per-job limits. Useful commands:",
         )],
     );
-    example(&mut r, "systemctl status dispynode");
-    example(&mut r, "journalctl -u dispynode");
-    example(&mut r, "systemctl reload dispynode");
-    example(&mut r, "systemctl edit dispynode.socket");
+    example(
+        &mut r,
+        &[
+            "systemctl status dispynode",
+            "journalctl -u dispynode",
+            "systemctl reload dispynode",
+            "systemctl edit dispynode.socket",
+        ],
+    );
     para(
         &mut r,
         [roman(
@@ -270,11 +275,15 @@ fn para(r: &mut Roff, text: impl Into<Vec<Inline>>) {
     r.text(text);
 }
 
-/// An indented command line.
-fn example(r: &mut Roff, cmd: &str) {
+/// Indented command lines, one per line.
+fn example(r: &mut Roff, cmds: &[&str]) {
     r.control("RS", []);
     r.control("PP", []);
-    r.text([bold(cmd)]);
+    r.control("nf", []);
+    for cmd in cmds {
+        r.text([bold(*cmd)]);
+    }
+    r.control("fi", []);
     r.control("RE", []);
 }
 
