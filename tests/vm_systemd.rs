@@ -10,7 +10,9 @@ use std::process::Command;
 #[test]
 fn vm_systemd_units_end_to_end() {
     if std::env::var("DISPYNODE_VM_TESTS").as_deref() != Ok("1") {
-        eprintln!("SKIP: the VM tests run with DISPYNODE_VM_TESTS=1 (.ci/run sets it for its VM step)");
+        eprintln!(
+            "SKIP: the VM tests run with DISPYNODE_VM_TESTS=1 (.ci/run sets it for its VM step)"
+        );
         return;
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));

@@ -95,9 +95,8 @@ impl Node {
                         if let Some(cg) = cg {
                             if let Some(reason) = super::spawning::retire_cgroup(cg).await {
                                 header["status"] = serde_json::json!(status::TERMINATED);
-                                header["exception"] = serde_json::json!(format!(
-                                    "job killed: {reason}"
-                                ));
+                                header["exception"] =
+                                    serde_json::json!(format!("job killed: {reason}"));
                             }
                         }
                         n.finish_job(id, Outcome::Function { header, result }).await
@@ -241,7 +240,11 @@ impl Node {
             // arrived within a short grace period rather than wait for it forever.
             let stdout = collect_output(out_task).await;
             let stderr = collect_output(err_task).await;
-            let waited = status.map(|status| std::process::Output { status, stdout, stderr });
+            let waited = status.map(|status| std::process::Output {
+                status,
+                stdout,
+                stderr,
+            });
             let limit_hit = match cgroup {
                 Some(cg) => super::spawning::retire_cgroup(cg).await,
                 None => None,

@@ -444,10 +444,23 @@ fn target_account(cfg: &Config) -> Result<Option<(String, String, u32, u32)>, No
 /// Gives the delegated cgroup subtree (and its `supervisor/` and `jobs/`) to the account we
 /// are about to become, as systemd does for a `User=` service with `Delegate=yes`.
 fn chown_delegation(root: &std::path::Path, uid: u32, gid: u32) {
-    let files = ["", "cgroup.procs", "cgroup.threads", "cgroup.subtree_control"];
-    for dir in [root.to_path_buf(), root.join("supervisor"), root.join("jobs")] {
+    let files = [
+        "",
+        "cgroup.procs",
+        "cgroup.threads",
+        "cgroup.subtree_control",
+    ];
+    for dir in [
+        root.to_path_buf(),
+        root.join("supervisor"),
+        root.join("jobs"),
+    ] {
         for f in files {
-            let p = if f.is_empty() { dir.clone() } else { dir.join(f) };
+            let p = if f.is_empty() {
+                dir.clone()
+            } else {
+                dir.join(f)
+            };
             if p.exists() {
                 if let Err(e) = std::os::unix::fs::chown(&p, Some(uid), Some(gid)) {
                     tracing::warn!(path = %p.display(), error = %e, "cannot hand the cgroup over to the node's account");
