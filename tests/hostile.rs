@@ -941,9 +941,9 @@ fn pickle_bombs_in_authenticated_requests() {
     finish(&mut node, &base);
 }
 
-/// A 1 MiB `bytes` memoized once and referenced 900 times: a 1 MiB COMPUTE that decodes
-/// into 900 MiB. The decoder's payload bound is PAYLOAD_EXPANSION times Limits::max_input
-/// (4 x 256 MiB), not times the input, so this is accepted by the decoder and materialized.
+/// A 1 MiB `bytes` memoized once and referenced 900 times: a 1 MiB COMPUTE that would decode
+/// into 900 MiB. (When the decoder bounded the expansion by Limits::max_input instead of the
+/// input's size, the daemon's peak RSS grew by 905 MiB here.)
 #[test]
 fn pickle_bomb_memo_repeat_keeps_memory_bounded() {
     if skip_under_reference(SKIP) {
