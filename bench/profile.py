@@ -171,7 +171,8 @@ def main():
     ap.add_argument('--venv', default=benchlib.default_venv())
     ap.add_argument('--node-bin', default=benchlib.default_node_bin())
     ap.add_argument('--jobs', type=int, default=1000)
-    ap.add_argument('--workload', default='jobs', choices=('jobs', 'seq', 'prog'))
+    ap.add_argument('--workload', default='jobs', choices=('jobs', 'seq', 'prog', 'depends', 'sendfile'),
+                    help='depends/sendfile: --jobs is the file size in MiB; "per job" is then per run')
     ap.add_argument('--freq', type=int, default=999)
     ap.add_argument('--out', default=os.path.join(benchlib.HERE, 'results', 'profile.json'))
     args = ap.parse_args()
@@ -203,13 +204,16 @@ def main():
         res = run.result or {}
         if not res:
             sys.exit('client failed: %s %s' % (run.error, run.stderr_tail[-500:]))
-        n = res.get('n', args.jobs)
-        a, b = sampler.window(res['t0'], res['t1'])
+        n = res.get('n', 1)
+        if 't0' in res:
+            a, b = sampler.window(res['t0'], res['t1'])
+        else:   # depends/sendfile: the whole client run
+            a, b = sampler.samples[0], sampler.samples[-1]
         proc_cpu = {'daemon_ms_per_job': (b[4] - a[4]) / n * 1e3,
                     'worker_and_jobs_ms_per_job': ((b[5] - a[5]) - (b[4] - a[4])) / n * 1e3,
-                    'client_ms_per_job': res['client_cpu_per_job_ms']}
+                    'client_ms_per_job': res.get('client_cpu_per_job_ms')}
         out = {'workload': args.workload, 'n': n, 'wall_s': res.get('wall'),
-               'jobs_per_s': res.get('jobs_per_s'), 'lost': res.get('lost'), 'wrong': res.get('wrong'),
+               'jobs_per_s': res.get('jobs_per_s'), 'mb_per_s': res.get('mb_per_s'), 'lost': res.get('lost'), 'wrong': res.get('wrong'),
                'proc_cpu': proc_cpu, 'machine': benchlib.machine_info(args.venv, args.node_bin)}
         if perf and os.path.exists(data):
             sp = subprocess.Popen([perf, 'script', '-i', data, '--show-task-events',
@@ -246,11 +250,13 @@ def main():
 
 
 def print_report(rec):
-    print('%s: %d jobs, %.0f jobs/s, lost %s wrong %s' % (rec['workload'], rec['n'], rec['jobs_per_s'] or 0,
-                                                       rec['lost'], rec['wrong']))
+    print('%s: %d jobs, %.0f jobs/s, %s MB/s, lost %s wrong %s' % (
+        rec['workload'], rec['n'], rec['jobs_per_s'] or 0,
+        '%.0f' % rec['mb_per_s'] if rec.get('mb_per_s') else '-', rec['lost'], rec['wrong']))
     pc = rec['proc_cpu']
-    print('from /proc over the timed window: daemon %.2f ms/job, worker+jobs %.2f ms/job, client %.2f ms/job'
-          % (pc['daemon_ms_per_job'], pc['worker_and_jobs_ms_per_job'], pc['client_ms_per_job']))
+    print('from /proc over the timed window: daemon %.2f ms/job, worker+jobs %.2f ms/job, client %s ms/job'
+          % (pc['daemon_ms_per_job'], pc['worker_and_jobs_ms_per_job'],
+             '%.2f' % pc['client_ms_per_job'] if pc.get('client_ms_per_job') is not None else '-'))
     perf = rec.get('perf')
     if not perf:
         print('(no perf data)')
