@@ -61,6 +61,7 @@ def one_run(args, impl, workload, param, rnd, attempt):
         node.start()
     except Exception as exc:
         rec['error'] = 'node start: %s' % exc
+        node.stop()
         return rec
     keep = None
     try:

@@ -337,8 +337,9 @@ class Node:
         deadline = time.time() + NODE_START_TIMEOUT
         while True:
             if self.proc.poll() is not None:
-                raise RuntimeError('%s node exited at start (%s): %s' %
-                                   (self.impl, self.proc.returncode, self.log_tail()))
+                msg = '%s node exited at start (%s): %s' % (self.impl, self.proc.returncode, self.log_tail())
+                self.stop()
+                raise RuntimeError(msg)
             s = socket.socket()
             s.settimeout(1)
             try:
