@@ -31,7 +31,7 @@ use dispynode::protocol::auth;
 use dispynode::protocol::frame::{self, AUTH_LEN};
 use dispynode::protocol::pickle::{self, Value};
 use rand::{Rng, RngCore};
-use support::{run_against, skip_under_reference, token, Node, NodeOpts};
+use support::{run_against, skip_under_reference, token, Node, NodeOpts, RAW_ESCAPE_CHECKS};
 
 /// Largest growth of the daemon's VmRSS over a test.
 const RSS_GROWTH_MAX: u64 = 100 << 20;
@@ -143,13 +143,24 @@ fn normal_job(node: &Node, tag: &str) {
     run.assert_checks(node, &JOB_CHECKS);
 }
 
-fn start(extra: &[&str]) -> (Node, Baseline) {
+/// The usual end of a test: a normal job, then `finish`.
+fn normal_job_and_finish(node: &mut Node, base: &Baseline, tag: &str) {
+    normal_job(node, tag);
+    finish(node, base);
+}
+
+/// What every test starts with: a node (with `extra` options) and its memory baseline; None
+/// under the reference node, whose test is then skipped.
+fn start(extra: &[&str]) -> Option<(Node, Baseline)> {
+    if skip_under_reference(SKIP) {
+        return None;
+    }
     let node = Node::start_with(NodeOpts {
         extra: extra.iter().map(|s| s.to_string()).collect(),
         ..NodeOpts::default()
     });
     let base = Baseline::take(&node);
-    (node, base)
+    Some((node, base))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -617,10 +628,9 @@ fn cheap_bombs() -> Vec<(&'static str, Vec<u8>)> {
 /// A COMPUTE with a wrong auth prefix gets no reply and registers nothing.
 #[test]
 fn wrong_auth_prefix_with_compute() {
-    if skip_under_reference(SKIP) {
+    let Some((mut node, base)) = start(&[]) else {
         return;
-    }
-    let (mut node, base) = start(&[]);
+    };
     let auth = node_auth(&node, "");
     let id = new_compute_id();
     let compute = message(
@@ -658,17 +668,15 @@ fn wrong_auth_prefix_with_compute() {
     // Positive control: the same message with the right prefix registers the computation.
     let c = register(&node, &auth, None);
     close(&node, &auth, &c);
-    normal_job(&node, "wrong-auth");
-    finish(&mut node, &base);
+    normal_job_and_finish(&mut node, &base, "wrong-auth");
 }
 
 /// Random bytes, with no prefix, a wrong one and the right one, are dropped without harm.
 #[test]
 fn random_bytes() {
-    if skip_under_reference(SKIP) {
+    let Some((mut node, base)) = start(&[]) else {
         return;
-    }
-    let (mut node, base) = start(&[]);
+    };
     let auth = node_auth(&node, "");
     let mut rng = rand::thread_rng();
     let tags: [&[u8]; 8] = [
@@ -709,19 +717,17 @@ fn random_bytes() {
     }
     // Nothing was registered: the node still answers PINGs (a busy node would not).
     node_auth(&node, "");
-    normal_job(&node, "random-bytes");
-    finish(&mut node, &base);
+    normal_job_and_finish(&mut node, &base, "random-bytes");
 }
 
 /// A 4 GiB length prefix is refused at the header, with and without the auth; a frame just
 /// under the authenticated limit is not allocated up front.
 #[test]
 fn length_prefix_of_4_gib() {
-    if skip_under_reference(SKIP) {
-        return;
-    }
     // msg_timeout 5 (the default): the refusals below must come well before it.
-    let (mut node, base) = start(&[]);
+    let Some((mut node, base)) = start(&[]) else {
+        return;
+    };
     let auth = node_auth(&node, "");
     for (what, prefix) in [
         ("unauthenticated", vec![b'x'; AUTH_LEN]),
@@ -760,18 +766,16 @@ fn length_prefix_of_4_gib() {
             mib(grew)
         ),
     );
-    normal_job(&node, "4gib");
-    finish(&mut node, &base);
+    normal_job_and_finish(&mut node, &base, "4gib");
 }
 
 /// Truncated frames and prefixes: dropped at EOF at once, or after msg_timeout when the
 /// client stalls; a complete frame holding a truncated pickle is refused with a reply.
 #[test]
 fn truncated_frames() {
-    if skip_under_reference(SKIP) {
+    let Some((mut node, base)) = start(&["--msg_timeout", "2"]) else {
         return;
-    }
-    let (mut node, base) = start(&["--msg_timeout", "2"]);
+    };
     let auth = node_auth(&node, "");
     let compute = message(
         "COMPUTE",
@@ -833,17 +837,15 @@ fn truncated_frames() {
         matches!(o, Outcome::Reply(_)) && !o.accepted_compute(),
         &format!("COMPUTE with a truncated pickle: {o:?}"),
     );
-    normal_job(&node, "truncated");
-    finish(&mut node, &base);
+    normal_job_and_finish(&mut node, &base, "truncated");
 }
 
 /// Clients that send one byte per second are dropped by msg_timeout while a normal job runs.
 #[test]
 fn one_byte_per_second_is_dropped_while_a_job_runs() {
-    if skip_under_reference(SKIP) {
+    let Some((mut node, base)) = start(&["--msg_timeout", "2"]) else {
         return;
-    }
-    let (mut node, base) = start(&["--msg_timeout", "2"]);
+    };
     let auth = node_auth(&node, "");
     let compute = framed(&message(
         "COMPUTE",
@@ -900,10 +902,9 @@ fn one_byte_per_second_is_dropped_while_a_job_runs() {
 /// Pickle bombs in authenticated COMPUTE and JOB requests are refused cheaply.
 #[test]
 fn pickle_bombs_in_authenticated_requests() {
-    if skip_under_reference(SKIP) {
+    let Some((mut node, base)) = start(&[]) else {
         return;
-    }
-    let (mut node, base) = start(&[]);
+    };
     let auth = node_auth(&node, "");
     let marker = Path::new("/tmp/dispynode-hostile-pwned");
     let _ = std::fs::remove_file(marker);
@@ -946,10 +947,9 @@ fn pickle_bombs_in_authenticated_requests() {
 /// input's size, the daemon's peak RSS grew by 905 MiB here.)
 #[test]
 fn pickle_bomb_memo_repeat_keeps_memory_bounded() {
-    if skip_under_reference(SKIP) {
+    let Some((mut node, base)) = start(&[]) else {
         return;
-    }
-    let (mut node, base) = start(&[]);
+    };
     let auth = node_auth(&node, "");
     let p = memo_repeat(1 << 20, 900);
     for tag in ["COMPUTE", "JOB"] {
@@ -975,34 +975,12 @@ fn pickle_bomb_memo_repeat_keeps_memory_bounded() {
 /// likewise (tests/clients/raw_escape.py), then a normal job.
 #[test]
 fn path_escapes_then_a_normal_job() {
-    if skip_under_reference(SKIP) {
+    let Some((mut node, base)) = start(&[]) else {
         return;
-    }
-    let (mut node, base) = start(&[]);
+    };
     let base_dir = node.base().to_string_lossy().into_owned();
     let run = run_against(&node, "raw_escape", &["", &base_dir]);
-    run.assert_checks(
-        &node,
-        &[
-            "pong",
-            "pong_auth",
-            "bad_auth_no_reply",
-            "compute_rel_refused",
-            "compute_abs_refused",
-            "compute_mid_refused",
-            "compute_dotdot_refused",
-            "compute_legit_accepted",
-            "xfer_up_refused",
-            "xfer_abs_refused",
-            "xfer_mid_refused",
-            "xfer_name_backslash_refused",
-            "xfer_dest_backslash_refused",
-            "xfer_name_dotdot_refused",
-            "no_escape_files_written",
-            "xfer_legit_accepted",
-            "close_ack",
-        ],
-    );
+    run.assert_checks(&node, &RAW_ESCAPE_CHECKS);
     let escaped = node.find_named("escape_");
     node.ensure(escaped.is_empty(), &format!("escaped files: {escaped:?}"));
     // More names, by the raw client here: a computation and transfers to refuse.
@@ -1027,8 +1005,7 @@ fn path_escapes_then_a_normal_job() {
     close(&node, &auth, &c);
     let escaped = node.find_named("escape_");
     node.ensure(escaped.is_empty(), &format!("escaped files: {escaped:?}"));
-    normal_job(&node, "escapes");
-    finish(&mut node, &base);
+    normal_job_and_finish(&mut node, &base, "escapes");
 }
 
 /// A job of a computation with cleanup=False plants symlinks pointing outside the prefix in
@@ -1036,10 +1013,9 @@ fn path_escapes_then_a_normal_job() {
 /// them: nothing may be written (or removed) outside the prefix.
 #[test]
 fn symlink_planted_by_an_earlier_job() {
-    if skip_under_reference(SKIP) {
+    let Some((mut node, base)) = start(&[]) else {
         return;
-    }
-    let (mut node, base) = start(&[]);
+    };
     let outside = tempfile::Builder::new()
         .prefix("dispynode-hostile-outside-")
         .tempdir()
@@ -1105,8 +1081,7 @@ fn symlink_planted_by_an_earlier_job() {
                 == Some("inner\n"),
         "a file outside the prefix was modified",
     );
-    normal_job(&node, "symlink");
-    finish(&mut node, &base);
+    normal_job_and_finish(&mut node, &base, "symlink");
     // The planted links are inside the prefix (evil_dest, if planted, too): remove them so
     // that nothing dangles.
 }
@@ -1133,10 +1108,9 @@ fn walk(root: &Path) -> Vec<std::path::PathBuf> {
 /// transfer cut short leaves no file, and a file within the limit arrives.
 #[test]
 fn file_over_max_file_size() {
-    if skip_under_reference(SKIP) {
+    let Some((mut node, base)) = start(&["--max_file_size", "10k"]) else {
         return;
-    }
-    let (mut node, base) = start(&["--max_file_size", "10k"]);
+    };
     let auth = node_auth(&node, "");
     // A computation whose depends exceed the limit is refused.
     let big_dep = xfer_value("/client/big_dep.bin", "", 20_000, 0);
@@ -1218,8 +1192,7 @@ fn file_over_max_file_size() {
         "ok.bin does not have its 5000 bytes",
     );
     close(&node, &auth, &c);
-    normal_job(&node, "max-file-size");
-    finish(&mut node, &base);
+    normal_job_and_finish(&mut node, &base, "max-file-size");
 }
 
 /// Depth of the directory trees below: deep enough that a recursive removal overflows a
@@ -1245,10 +1218,9 @@ impl Drop for RmRf {
 /// the tree, and then it must survive removing that tree when the computation closes.
 #[test]
 fn deep_tree_from_filexfer_then_close() {
-    if skip_under_reference(SKIP) {
+    let Some((mut node, base)) = start(&[]) else {
         return;
-    }
-    let (mut node, base) = start(&[]);
+    };
     let _rm = RmRf(node.computations_dir());
     let auth = node_auth(&node, "");
     let c = register(&node, &auth, Some("hostile_deep_xfer"));
@@ -1278,18 +1250,16 @@ fn deep_tree_from_filexfer_then_close() {
         !dir.exists(),
         &format!("{} still exists after close", dir.display()),
     );
-    normal_job(&node, "deep-xfer");
-    finish(&mut node, &base);
+    normal_job_and_finish(&mut node, &base, "deep-xfer");
 }
 
 /// A job (cleanup=True) leaves a 20000-deep directory tree in its computation directory;
 /// the node removes the directory at close and must survive it.
 #[test]
 fn deep_tree_made_by_a_job_then_close() {
-    if skip_under_reference(SKIP) {
+    let Some((mut node, base)) = start(&[]) else {
         return;
-    }
-    let (mut node, base) = start(&[]);
+    };
     let _rm = RmRf(node.computations_dir());
     let depth = DEEP.to_string();
     let run = run_against(&node, "hostile_deep", &[&depth]);
@@ -1302,18 +1272,16 @@ fn deep_tree_made_by_a_job_then_close() {
             &format!("{dir} still exists after close"),
         );
     }
-    normal_job(&node, "deep-job");
-    finish(&mut node, &base);
+    normal_job_and_finish(&mut node, &base, "deep-job");
 }
 
 /// 500 idle connections at once: a normal job still runs while they are open, the node drops
 /// them after msg_timeout, and its descriptors go back down.
 #[test]
 fn five_hundred_idle_connections() {
-    if skip_under_reference(SKIP) {
+    let Some((mut node, base)) = start(&["--msg_timeout", "2"]) else {
         return;
-    }
-    let (mut node, base) = start(&["--msg_timeout", "2"]);
+    };
     let fds0 = fd_count(base.pid);
     let idle: Vec<TcpStream> = (0..500).map(|_| connect(&node)).collect();
     let t0 = Instant::now();
@@ -1359,10 +1327,9 @@ fn five_hundred_idle_connections() {
 /// sends at most MAX_PONG_TARGETS PONGs for a PING that lists many addresses.
 #[test]
 fn udp_garbage_and_forged_pings() {
-    if skip_under_reference(SKIP) {
+    let Some((mut node, base)) = start(&[]) else {
         return;
-    }
-    let (mut node, base) = start(&[]);
+    };
     let node_udp = node_addr(&node);
     let u = UdpSocket::bind("127.0.0.1:0").expect("udp");
     let mut rng = rand::thread_rng();
@@ -1484,8 +1451,7 @@ fn udp_garbage_and_forged_pings() {
     drop(listeners);
     // Real discovery still works, and so does a job.
     node_auth(&node, "");
-    normal_job(&node, "udp");
-    finish(&mut node, &base);
+    normal_job_and_finish(&mut node, &base, "udp");
 }
 
 /// A flood of forged UDP PINGs whose addresses never answer (connects hang): each PING
@@ -1494,10 +1460,9 @@ fn udp_garbage_and_forged_pings() {
 /// descriptors.
 #[test]
 fn forged_ping_flood_keeps_descriptors_bounded() {
-    if skip_under_reference(SKIP) {
+    let Some((mut node, base)) = start(&[]) else {
         return;
-    }
-    let (mut node, base) = start(&[]);
+    };
     let fds0 = fd_count(base.pid);
     // Listeners that never accept, with the smallest backlog, on 127.0.0.2..=5 and one port:
     // once their backlog is full, connects to them hang (SYNs are dropped) until the node's
@@ -1552,8 +1517,7 @@ fn forged_ping_flood_keeps_descriptors_bounded() {
     drop(sinks);
     // Let the hanging connects time out before the normal job.
     thread::sleep(Duration::from_secs(6));
-    normal_job(&node, "ping-flood");
-    finish(&mut node, &base);
+    normal_job_and_finish(&mut node, &base, "ping-flood");
     node.ensure(
         peak <= fds0 + 1024,
         &format!(

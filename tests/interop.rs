@@ -16,11 +16,14 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use support::{run_against, skip_under_reference, token, Impl, Node, NodeOpts};
+use support::{
+    run_against, skip_under_reference, token, ClientRun, Impl, Node, NodeOpts, MANY_JOBS_CHECKS,
+    RAW_ESCAPE_CHECKS,
+};
 
 /// The directory a job reported as its cwd (INFO dest_dir), checked to be a
 /// computation directory under the node's prefix.
-fn dest_dir_of(node: &Node, run: &support::ClientRun) -> PathBuf {
+fn dest_dir_of(node: &Node, run: &ClientRun) -> PathBuf {
     let dir = run
         .info("dest_dir")
         .unwrap_or_else(|| panic!("no INFO dest_dir line\n{}", run.report()));
@@ -94,17 +97,16 @@ fn assert_nothing_outside_prefix(node: &Node) {
     );
 }
 
-/// Also listed in tests/systemd.rs: many_jobs.py's CHECK names must stay.
-const MANY_JOBS_CHECKS: [&str; 8] = [
-    "all_replied",
-    "all_finished",
-    "results_in_order",
-    "ip_addr",
-    "empty_output",
-    "node_cpus",
-    "jobs_done",
-    "closed",
-];
+/// Starts a node with the default options, runs `script` against it, and asserts exactly the
+/// `expected` CHECKs passed and the node is alive; the node and the run are returned for any
+/// further checks.
+fn node_after_script(script: &str, args: &[&str], expected: &[&str]) -> (Node, ClientRun) {
+    let mut node = Node::start();
+    let run = run_against(&node, script, args);
+    run.assert_checks(&node, expected);
+    node.assert_alive();
+    (node, run)
+}
 
 #[test]
 fn many_function_jobs() {
@@ -118,10 +120,9 @@ fn many_function_jobs() {
 
 #[test]
 fn exception_traceback() {
-    let mut node = Node::start();
-    let run = run_against(&node, "exception", &[]);
-    run.assert_checks(
-        &node,
+    node_after_script(
+        "exception",
+        &[],
         &[
             "replied",
             "ok_job_status",
@@ -139,15 +140,13 @@ fn exception_traceback() {
             "closed",
         ],
     );
-    node.assert_alive();
 }
 
 #[test]
 fn job_stdout_stderr() {
-    let mut node = Node::start();
-    let run = run_against(&node, "output", &[]);
-    run.assert_checks(
-        &node,
+    node_after_script(
+        "output",
+        &[],
         &[
             "replied",
             "statuses",
@@ -161,7 +160,6 @@ fn job_stdout_stderr() {
             "closed",
         ],
     );
-    node.assert_alive();
 }
 
 #[test]
@@ -233,10 +231,9 @@ fn setup_and_cleanup_functions() {
 
 #[test]
 fn provisional_result_and_send_file_to_running_job() {
-    let mut node = Node::start();
-    let run = run_against(&node, "provisional", &[]);
-    run.assert_checks(
-        &node,
+    node_after_script(
+        "provisional",
+        &[],
         &[
             "provisional_status",
             "provisional_result",
@@ -248,7 +245,6 @@ fn provisional_result_and_send_file_to_running_job() {
             "closed",
         ],
     );
-    node.assert_alive();
 }
 
 #[test]
@@ -287,10 +283,9 @@ fn send_file_from_job() {
 
 #[test]
 fn program_computation() {
-    let mut node = Node::start();
-    let run = run_against(&node, "program", &[]);
-    run.assert_checks(
-        &node,
+    let (node, _) = node_after_script(
+        "program",
+        &[],
         &[
             "replied",
             "status",
@@ -303,7 +298,6 @@ fn program_computation() {
             "closed",
         ],
     );
-    node.assert_alive();
     assert_nothing_outside_prefix(&node);
 }
 
@@ -324,10 +318,7 @@ const CANCEL_CHECKS: [&str; 11] = [
 
 #[test]
 fn cancel_running_job() {
-    let mut node = Node::start();
-    let run = run_against(&node, "cancel", &[]);
-    run.assert_checks(&node, &CANCEL_CHECKS[..10]);
-    node.assert_alive();
+    node_after_script("cancel", &[], &CANCEL_CHECKS[..10]);
 }
 
 #[test]
@@ -337,10 +328,7 @@ fn cancel_running_job_with_setup() {
     ) {
         return;
     }
-    let mut node = Node::start();
-    let run = run_against(&node, "cancel", &["--setup"]);
-    run.assert_checks(&node, &CANCEL_CHECKS[..10]);
-    node.assert_alive();
+    node_after_script("cancel", &["--setup"], &CANCEL_CHECKS[..10]);
 }
 
 #[test]
@@ -350,10 +338,7 @@ fn cancel_kills_grandchildren() {
     ) {
         return;
     }
-    let mut node = Node::start();
-    let run = run_against(&node, "cancel", &["--grandchild"]);
-    run.assert_checks(&node, &CANCEL_CHECKS);
-    node.assert_alive();
+    node_after_script("cancel", &["--grandchild"], &CANCEL_CHECKS);
 }
 
 #[test]
@@ -425,30 +410,34 @@ fn files_kept_with_cleanup_false() {
     node.assert_alive();
 }
 
-#[test]
-fn secret_matching() {
-    let mut node = Node::start_with(NodeOpts {
-        secret: Some("s3cret".into()),
+fn node_with_secret(secret: &str) -> Node {
+    Node::start_with(NodeOpts {
+        secret: Some(secret.into()),
         ..NodeOpts::default()
-    });
-    let run = run_against(&node, "secret", &["s3cret", "ok"]);
-    run.assert_checks(&node, &["replied", "result", "closed"]);
+    })
+}
+
+/// A client with the right `secret` gets its job done, and the node lives on.
+fn secret_client_ok(node: &mut Node, secret: &str) {
+    let run = run_against(node, "secret", &[secret, "ok"]);
+    run.assert_checks(node, &["replied", "result", "closed"]);
     node.assert_alive();
 }
 
 #[test]
+fn secret_matching() {
+    let mut node = node_with_secret("s3cret");
+    secret_client_ok(&mut node, "s3cret");
+}
+
+#[test]
 fn secret_mismatch_gets_no_node() {
-    let mut node = Node::start_with(NodeOpts {
-        secret: Some("s3cret".into()),
-        ..NodeOpts::default()
-    });
+    let mut node = node_with_secret("s3cret");
     let run = run_against(&node, "secret", &["not-the-secret", "refused"]);
     run.assert_checks(&node, &["no_reply", "not_run", "no_node"]);
     node.assert_alive();
     // the node is unaffected: a client with the right secret still works
-    let run = run_against(&node, "secret", &["s3cret", "ok"]);
-    run.assert_checks(&node, &["replied", "result", "closed"]);
-    node.assert_alive();
+    secret_client_ok(&mut node, "s3cret");
 }
 
 #[test]
@@ -482,34 +471,10 @@ fn path_escapes_refused() {
     ) {
         return;
     }
-    let mut node = Node::start_with(NodeOpts {
-        secret: Some("esc-secret".into()),
-        ..NodeOpts::default()
-    });
+    let mut node = node_with_secret("esc-secret");
     let base = node.base().to_string_lossy().into_owned();
     let run = run_against(&node, "raw_escape", &["esc-secret", &base]);
-    run.assert_checks(
-        &node,
-        &[
-            "pong",
-            "pong_auth",
-            "bad_auth_no_reply",
-            "compute_rel_refused",
-            "compute_abs_refused",
-            "compute_mid_refused",
-            "compute_dotdot_refused",
-            "compute_legit_accepted",
-            "xfer_up_refused",
-            "xfer_abs_refused",
-            "xfer_mid_refused",
-            "xfer_name_backslash_refused",
-            "xfer_dest_backslash_refused",
-            "xfer_name_dotdot_refused",
-            "no_escape_files_written",
-            "xfer_legit_accepted",
-            "close_ack",
-        ],
-    );
+    run.assert_checks(&node, &RAW_ESCAPE_CHECKS);
     node.assert_alive();
     assert_nothing_outside_prefix(&node);
     let escaped = node.find_named("escape_");
@@ -521,10 +486,7 @@ fn path_escapes_refused() {
 
 #[test]
 fn junk_traffic_does_not_break_the_node() {
-    let mut node = Node::start_with(NodeOpts {
-        secret: Some("junk-secret".into()),
-        ..NodeOpts::default()
-    });
+    let mut node = node_with_secret("junk-secret");
     let base = node.base().to_string_lossy().into_owned();
     let strict = node.implementation() == Impl::Ours;
     let mut args = vec!["junk-secret", base.as_str()];
@@ -555,9 +517,7 @@ fn junk_traffic_does_not_break_the_node() {
     run.assert_checks(&node, &expected);
     node.assert_alive();
     // and a real client still gets its jobs done
-    let run = run_against(&node, "secret", &["junk-secret", "ok"]);
-    run.assert_checks(&node, &["replied", "result", "closed"]);
-    node.assert_alive();
+    secret_client_ok(&mut node, "junk-secret");
 }
 
 #[test]

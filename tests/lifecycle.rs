@@ -28,10 +28,9 @@
 
 mod support;
 
-use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -45,16 +44,14 @@ use nix::unistd::Pid;
 use tempfile::TempDir;
 
 use support::{
-    clients_dir, free_port_pair, node_impl, python, run_client, skip_under_reference, token,
-    venv_dir, ClientRun, Impl, CLIENT_TIMEOUT,
+    check_problems, exit_problems, free_port_pair, node_command, node_impl, port_is_free, python,
+    read_in_background, read_lossy, run_on_port, skip_under_reference, spawn_script, tail, token,
+    venv_dir, wait_until, ClientRun, Impl, CLIENT_TIMEOUT,
 };
 
 // ===========================================================================
 // Harness: nodes that can be restarted, clients read while they run, the
 // process table.
-
-/// How long a node may take to accept TCP connections after its start.
-const NODE_START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Options of a `LifeNode`.
 #[derive(Clone, Debug)]
@@ -94,15 +91,6 @@ struct LifeNode {
     prefix: PathBuf,
     log_path: PathBuf,
     command: String,
-}
-
-fn port_is_free(port: u16) -> bool {
-    [Ipv4Addr::LOCALHOST, Ipv4Addr::UNSPECIFIED]
-        .iter()
-        .all(|ip| {
-            let sa = SocketAddr::from((*ip, port));
-            TcpListener::bind(sa).is_ok() && UdpSocket::bind(sa).is_ok()
-        })
 }
 
 /// A port free for TCP and UDP right now, for a second client or a
@@ -164,29 +152,18 @@ impl LifeNode {
     }
 
     fn wait_accepting(&mut self) {
-        let deadline = Instant::now() + NODE_START_TIMEOUT;
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "node exited during start-up ({status})\ncommand: {}\n--- node log\n{}",
+        // Fields, not methods, in the closures: the first borrows the child mutably.
+        support::wait_accepting(
+            self.port,
+            || self.child.try_wait().ok().flatten().map(|s| s.to_string()),
+            || {
+                format!(
+                    "command: {}\n--- node log\n{}",
                     self.command,
-                    self.log_tail()
-                );
-            }
-            if let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
-                let _ = s.write_all(&[b'x'; 40]);
-                break;
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "node not accepting on {addr} after {NODE_START_TIMEOUT:?}\ncommand: {}\n--- node log\n{}",
-                    self.command,
-                    self.log_tail()
-                );
-            }
-            thread::sleep(Duration::from_millis(100));
-        }
+                    tail(&read_lossy(&self.log_path), 300)
+                )
+            },
+        );
     }
 
     fn port(&self) -> u16 {
@@ -215,22 +192,11 @@ impl LifeNode {
     }
 
     fn log(&self) -> String {
-        let mut buf = Vec::new();
-        if let Ok(mut f) = File::open(&self.log_path) {
-            let _ = f.read_to_end(&mut buf);
-        }
-        String::from_utf8_lossy(&buf).into_owned()
+        read_lossy(&self.log_path)
     }
 
     fn log_tail(&self) -> String {
-        let log = self.log();
-        let lines: Vec<&str> = log.lines().collect();
-        let start = lines.len().saturating_sub(300);
-        format!(
-            "{}{}",
-            if start > 0 { "[...]\n" } else { "" },
-            lines[start..].join("\n")
-        )
+        tail(&self.log(), 300)
     }
 
     fn signal(&self, sig: Signal) {
@@ -260,13 +226,18 @@ impl LifeNode {
 
     fn ensure(&self, cond: bool, what: &str) {
         if !cond {
-            panic!(
-                "{what}\ncommand: {}\n--- node log ({})\n{}",
-                self.command,
-                self.log_path.display(),
-                self.log_tail()
-            );
+            self.fail(what);
         }
+    }
+
+    /// Fails the test with `what`, the node's command line and its log.
+    fn fail(&self, what: &str) -> ! {
+        panic!(
+            "{what}\ncommand: {}\n--- node log ({})\n{}",
+            self.command,
+            self.log_path.display(),
+            self.log_tail()
+        );
     }
 
     fn assert_alive(&mut self) {
@@ -300,53 +271,30 @@ impl LifeNode {
 
     /// Runs a client script with the node's port as argv[1].
     fn run(&self, script: &str, args: &[&str]) -> ClientRun {
-        let port = self.port.to_string();
-        let mut all = vec![port.as_str()];
-        all.extend_from_slice(args);
-        run_client(script, &all, CLIENT_TIMEOUT)
+        run_on_port(self.port, script, args)
     }
 }
 
 impl Drop for LifeNode {
     fn drop(&mut self) {
-        let pid = Pid::from_raw(self.child.id() as i32);
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = kill(pid, Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(3);
-            while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
-                thread::sleep(Duration::from_millis(50));
-            }
-        }
-        let _ = killpg(pid, Signal::SIGKILL);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop_child(&mut self.child, Signal::SIGTERM);
     }
 }
 
-fn node_command(imp: Impl, port: u16, prefix: &Path, opts: &LifeOpts) -> Command {
-    let mut cmd = match imp {
-        Impl::Ours => {
-            let mut c = Command::new(env!("CARGO_BIN_EXE_dispynode"));
-            c.args(["-i", "127.0.0.1"])
-                .args(["--node_port", &port.to_string()])
-                .args(["--scheduler_port", &(port - 1).to_string()]);
-            c
+/// `sig` to a child that still runs and up to 3 s for it to exit, then SIGKILL to its process
+/// group (whatever it left) and to it, and reap it.
+fn stop_child(child: &mut Child, sig: Signal) {
+    let pid = Pid::from_raw(child.id() as i32);
+    if matches!(child.try_wait(), Ok(None)) {
+        let _ = kill(pid, sig);
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+            thread::sleep(Duration::from_millis(50));
         }
-        Impl::Reference => {
-            let mut c = Command::new(python());
-            c.arg(venv_dir().join("bin").join("dispynode.py"))
-                .args(["-i", "127.0.0.1"])
-                .args(["-p", &(port - 1).to_string()])
-                .arg("--daemon");
-            c
-        }
-    };
-    cmd.arg("--dest_path_prefix").arg(prefix).arg("-d");
-    if let Some(n) = opts.cpus {
-        cmd.args(["--cpus", &n.to_string()]);
     }
-    cmd.args(&opts.extra);
-    cmd
+    let _ = killpg(pid, Signal::SIGKILL);
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 fn spawn_node(
@@ -362,20 +310,13 @@ fn spawn_node(
         .append(true)
         .open(log_path)
         .expect("open node log");
-    let log2 = log.try_clone().expect("clone log handle");
-    let mut cmd = node_command(imp, port, prefix, opts);
-    cmd.current_dir(base)
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(log))
-        .stderr(Stdio::from(log2))
-        .env("PYTHONUNBUFFERED", "1")
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .process_group(0);
-    let command = format!("{cmd:?}");
-    let child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start node {command}: {e}"));
-    (child, command)
+    let mut cmd = node_command(imp, port, prefix);
+    cmd.arg("-d");
+    if let Some(n) = opts.cpus {
+        cmd.args(["--cpus", &n.to_string()]);
+    }
+    cmd.args(&opts.extra);
+    support::spawn_node(cmd, base, log)
 }
 
 /// A client script running in the background: its stdout lines can be
@@ -405,29 +346,10 @@ struct ProcRun {
 }
 
 fn spawn_client(script: &str, args: &[&str], timeout: Duration) -> ClientProc {
-    let python = python();
-    let cwd = tempfile::Builder::new()
-        .prefix("dispy-client-")
-        .tempdir()
-        .expect("client temp dir");
-    let path = clients_dir().join(format!("{script}.py"));
-    assert!(path.is_file(), "no client script {}", path.display());
-    let watchdog = timeout.as_secs().saturating_sub(8).max(5);
-    let mut child = Command::new(&python)
-        .arg(&path)
-        .args(args)
-        .current_dir(cwd.path())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .env("PYTHONUNBUFFERED", "1")
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .env("INTEROP_CLIENT_WATCHDOG", watchdog.to_string())
-        .process_group(0)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", path.display()));
+    let (mut child, cwd) = spawn_script(script, args, timeout, |cmd| {
+        cmd.stdin(Stdio::piped());
+    });
     let stdout = child.stdout.take().expect("stdout pipe");
-    let mut err_pipe = child.stderr.take().expect("stderr pipe");
     let stdin = child.stdin.take();
     let lines = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
     let lines2 = lines.clone();
@@ -442,11 +364,7 @@ fn spawn_client(script: &str, args: &[&str], timeout: Duration) -> ClientProc {
             cond.notify_all();
         }
     });
-    let err_reader = thread::spawn(move || {
-        let mut b = Vec::new();
-        let _ = err_pipe.read_to_end(&mut b);
-        b
-    });
+    let err_reader = read_in_background(child.stderr.take().expect("stderr pipe"));
     ClientProc {
         child,
         script: script.to_string(),
@@ -478,6 +396,22 @@ impl ClientProc {
             let wait = (deadline - now).min(Duration::from_millis(200));
             lines = cond.wait_timeout(lines, wait).unwrap().0;
         }
+    }
+
+    /// The client once it has said `INFO phase=<phase>` (within 60 s); otherwise the test
+    /// fails with the client's output.
+    fn reached(self, node: &LifeNode, phase: &str) -> ClientProc {
+        if self
+            .wait_line(&format!("INFO phase={phase}"), Duration::from_secs(60))
+            .is_none()
+        {
+            let run = self.finish();
+            node.fail(&format!(
+                "the client never reached phase={phase}\n{}",
+                run.report()
+            ));
+        }
+        self
     }
 
     /// The value of the first `INFO key=value` line so far.
@@ -566,41 +500,12 @@ impl ProcRun {
     /// Same rules as `support::ClientRun::problems`; a client killed by the
     /// test needs no `RESULT ok`.
     fn problems(&self, expected: &[&str]) -> Vec<String> {
-        let mut problems = Vec::new();
-        if self.timed_out {
-            problems.push(format!(
-                "client killed after the hard timeout ({:?})",
-                self.elapsed
-            ));
-        } else if !self.killed_by_test {
-            match self.status {
-                Some(s) if s.success() => {}
-                Some(s) => problems.push(format!("client exited with {s}")),
-                None => problems.push("client status unknown".into()),
-            }
-            if !self.stdout.lines().any(|l| l.trim_end() == "RESULT ok") {
-                problems.push("no final 'RESULT ok' line".into());
-            }
-        }
-        let mut seen = HashSet::new();
-        for rest in self.stdout.lines().filter_map(|l| l.strip_prefix("CHECK ")) {
-            let mut it = rest.splitn(3, ' ');
-            let name = it.next().unwrap_or("");
-            let verdict = it.next().unwrap_or("");
-            let detail = it.next().unwrap_or("");
-            seen.insert(name.to_string());
-            if verdict != "ok" {
-                problems.push(format!("CHECK {name} failed: {detail}"));
-            }
-            if !expected.contains(&name) {
-                problems.push(format!("CHECK {name} is not in the test's expected list"));
-            }
-        }
-        for name in expected {
-            if !seen.contains(*name) {
-                problems.push(format!("CHECK {name} missing (not run)"));
-            }
-        }
+        let mut problems = if self.killed_by_test && !self.timed_out {
+            Vec::new()
+        } else {
+            exit_problems(self.timed_out, self.elapsed, self.status, &self.stdout)
+        };
+        problems.extend(check_problems(&self.stdout, expected));
         problems
     }
 
@@ -728,17 +633,12 @@ fn dir_entries(dir: &Path) -> Vec<PathBuf> {
     v
 }
 
-fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
+/// A temp dir of a test's own (configuration files, certificates, a state dir).
+fn temp_dir(prefix: &str) -> TempDir {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .expect("temp dir")
 }
 
 // ===========================================================================
@@ -829,10 +729,7 @@ fn restart_delivers(sig: Signal, state_dir: bool) {
     ) {
         return;
     }
-    let base_tmp = tempfile::Builder::new()
-        .prefix("dispynode-life-state-")
-        .tempdir()
-        .expect("temp dir");
+    let base_tmp = temp_dir("dispynode-life-state-");
     let state = base_tmp.path().join("state");
     let opts = if state_dir {
         LifeOpts::with(&["--state_dir", state.to_str().unwrap()])
@@ -845,16 +742,8 @@ fn restart_delivers(sig: Signal, state_dir: bool) {
         "life_restart",
         &[&port, "deliver"],
         CLIENT_TIMEOUT + Duration::from_secs(60),
-    );
-    let saved = client.wait_line("INFO phase=saved", Duration::from_secs(60));
-    if saved.is_none() {
-        let run = client.finish();
-        node.ensure(
-            false,
-            &format!("the client never reached phase=saved\n{}", run.report()),
-        );
-        return;
-    }
+    )
+    .reached(&node, "saved");
     if state_dir {
         let files = files_under(&state);
         node.ensure(
@@ -921,18 +810,8 @@ fn clean_restart_removes_leftovers() {
         "life_restart",
         &[&port, "clean", &digits],
         CLIENT_TIMEOUT + Duration::from_secs(60),
-    );
-    if client
-        .wait_line("INFO phase=saved", Duration::from_secs(60))
-        .is_none()
-    {
-        let run = client.finish();
-        node.ensure(
-            false,
-            &format!("the client never reached phase=saved\n{}", run.report()),
-        );
-        return;
-    }
+    )
+    .reached(&node, "saved");
     let old_dirs = dir_entries(&node.computations_dir());
     node.ensure(
         !old_dirs.is_empty(),
@@ -1201,10 +1080,7 @@ fn make_cert(dir: &Path) -> (PathBuf, PathBuf) {
 /// TLS from the node to the client.
 #[test]
 fn tls_with_self_signed_certificate() {
-    let certs = tempfile::Builder::new()
-        .prefix("dispynode-life-tls-")
-        .tempdir()
-        .expect("temp dir");
+    let certs = temp_dir("dispynode-life-tls-");
     let (cert, key) = make_cert(certs.path());
     let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
     let mut node = LifeNode::start(&LifeOpts::with(&["--certfile", cert, "--keyfile", key]));
@@ -1235,15 +1111,7 @@ impl Scheduler {
 
 impl Drop for Scheduler {
     fn drop(&mut self) {
-        let pid = Pid::from_raw(self.child.id() as i32);
-        let _ = kill(pid, Signal::SIGINT);
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
-            thread::sleep(Duration::from_millis(50));
-        }
-        let _ = killpg(pid, Signal::SIGKILL);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop_child(&mut self.child, Signal::SIGINT);
     }
 }
 
@@ -1372,10 +1240,7 @@ fn secret_file_option_and_config_key() {
     if skip_under_reference("the reference has no secret_file option") {
         return;
     }
-    let dir = tempfile::Builder::new()
-        .prefix("dispynode-life-secret-")
-        .tempdir()
-        .expect("temp dir");
+    let dir = temp_dir("dispynode-life-secret-");
     let secret = dir.path().join("secret");
     fs::write(&secret, "f1le-s3cret\n").unwrap();
     fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
@@ -1419,18 +1284,8 @@ fn run_binary(args: &[&str], cwd: &Path) -> (Option<ExitStatus>, String, String)
         .process_group(0)
         .spawn()
         .expect("run dispynode");
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let ro = thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let re = thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
+    let ro = read_in_background(child.stdout.take().unwrap());
+    let re = read_in_background(child.stderr.take().unwrap());
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {
         if let Ok(Some(s)) = child.try_wait() {
@@ -1443,11 +1298,10 @@ fn run_binary(args: &[&str], cwd: &Path) -> (Option<ExitStatus>, String, String)
         }
         thread::sleep(Duration::from_millis(50));
     };
-    (
-        status,
-        ro.join().unwrap_or_default(),
-        re.join().unwrap_or_default(),
-    )
+    let text = |h: thread::JoinHandle<Vec<u8>>| {
+        String::from_utf8_lossy(&h.join().unwrap_or_default()).into_owned()
+    };
+    (status, text(ro), text(re))
 }
 
 /// Whether the TOML text sets `key` to exactly `value`.
@@ -1469,10 +1323,7 @@ fn save_config_round_trip() {
     if skip_under_reference("the reference's configuration file is INI, not TOML") {
         return;
     }
-    let dir = tempfile::Builder::new()
-        .prefix("dispynode-life-conf-")
-        .tempdir()
-        .expect("temp dir");
+    let dir = temp_dir("dispynode-life-conf-");
     let conf = dir.path().join("out.toml");
     let conf_s = conf.to_str().unwrap();
     let (st, _, err) = run_binary(
@@ -1541,10 +1392,7 @@ fn bad_option_values_are_refused() {
     if skip_under_reference("the reference accepts most of these silently") {
         return;
     }
-    let dir = tempfile::Builder::new()
-        .prefix("dispynode-life-bad-")
-        .tempdir()
-        .expect("temp dir");
+    let dir = temp_dir("dispynode-life-bad-");
     let ncpus = [
         thread::available_parallelism()
             .map(|n| n.get())

@@ -471,16 +471,7 @@ fn run_real_job(port: u16, daemon: &Daemon, njobs: usize) {
         &[&port.to_string(), &njobs.to_string()],
         support::CLIENT_TIMEOUT,
     );
-    let problems = run.problems(&[
-        "all_replied",
-        "all_finished",
-        "results_in_order",
-        "ip_addr",
-        "empty_output",
-        "node_cpus",
-        "jobs_done",
-        "closed",
-    ]);
+    let problems = run.problems(&support::MANY_JOBS_CHECKS);
     assert!(
         problems.is_empty(),
         "the client job failed:\n  - {}\n{}\n{}",

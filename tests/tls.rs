@@ -115,6 +115,14 @@ impl Certs {
         self.dir.path().join(name)
     }
 
+    /// Writes a one-block PEM file `name`: `body` between the `label`'s BEGIN and END lines.
+    fn pem(&self, name: &str, label: &str, body: &str) -> PathBuf {
+        let path = self.path(name);
+        let text = format!("-----BEGIN {label}-----\n{body}\n-----END {label}-----\n");
+        std::fs::write(&path, text).expect("write");
+        path
+    }
+
     /// `openssl req -x509 … -subj /CN=dispy`: self-signed with `CA:TRUE`, as dispy users do.
     /// `kind` is `rsa:2048` or `ec`.
     async fn make(&self, name: &str, kind: &str) -> (PathBuf, PathBuf) {
@@ -170,14 +178,20 @@ fn python() -> String {
     std::env::var("DISPY_TEST_PYTHON").unwrap_or_else(|_| "python3".to_owned())
 }
 
+type Outcomes = tokio::sync::mpsc::UnboundedReceiver<std::io::Result<Option<ProtocolVersion>>>;
+
+/// The echo server's next connection, which must have succeeded: its TLS version.
+async fn server_side(outcomes: &mut Outcomes) -> Option<ProtocolVersion> {
+    outcomes
+        .recv()
+        .await
+        .expect("outcome")
+        .expect("server side")
+}
+
 /// Our TLS server: answers each connection's first line with `ECHO <line>`, then closes
 /// with close_notify. Returns the port and a channel of per-connection outcomes.
-async fn echo_server(
-    tls: Tls,
-) -> (
-    u16,
-    tokio::sync::mpsc::UnboundedReceiver<std::io::Result<Option<ProtocolVersion>>>,
-) {
+async fn echo_server(tls: Tls) -> (u16, Outcomes) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = listener.local_addr().expect("addr").port();
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -318,11 +332,7 @@ async fn ours_to_ours() {
     let (reply, version) = rust_client(&tls, port).await.expect("client");
     assert_eq!(reply, b"ECHO hello from rust\n");
     assert_eq!(version, Some(ProtocolVersion::TLSv1_3));
-    let server = outcomes
-        .recv()
-        .await
-        .expect("outcome")
-        .expect("server side");
+    let server = server_side(&mut outcomes).await;
     assert_eq!(server, Some(ProtocolVersion::TLSv1_3));
 }
 
@@ -416,30 +426,18 @@ async fn python_clients_talk_to_our_acceptor() {
     if !out.starts_with("SKIP") {
         assert!(out.contains("REPLY ECHO hello from python"), "{out}");
         assert!(out.contains("VERSION TLSv1.3"), "{out}");
-        outcomes
-            .recv()
-            .await
-            .expect("outcome")
-            .expect("server side");
+        server_side(&mut outcomes).await;
     }
 
     let (ok, out) = python_client(&certs, "client-ctx", port, &cert, &[]).await;
     assert!(ok && out.contains("REPLY ECHO hello from python"), "{out}");
     assert!(out.contains("VERSION TLSv1.3"), "{out}");
-    outcomes
-        .recv()
-        .await
-        .expect("outcome")
-        .expect("server side");
+    server_side(&mut outcomes).await;
 
     let (ok, out) = python_client(&certs, "client-ctx", port, &cert, &["tls12"]).await;
     assert!(ok && out.contains("REPLY ECHO hello from python"), "{out}");
     assert!(out.contains("VERSION TLSv1.2"), "{out}");
-    let v = outcomes
-        .recv()
-        .await
-        .expect("outcome")
-        .expect("server side");
+    let v = server_side(&mut outcomes).await;
     assert_eq!(v, Some(ProtocolVersion::TLSv1_2));
 
     // A Python client configured with another certificate refuses us, as it should.
@@ -544,36 +542,21 @@ async fn bad_inputs_give_typed_errors() {
         Err(TlsError::EncryptedKey { .. })
     ));
 
-    let broken = certs.path("broken.pem");
-    std::fs::write(
-        &broken,
-        b"-----BEGIN CERTIFICATE-----\n!!!not base64!!!\n-----END CERTIFICATE-----\n",
-    )
-    .expect("write");
+    let broken = certs.pem("broken.pem", "CERTIFICATE", "!!!not base64!!!");
     assert!(matches!(
         Tls::load(&broken, Some(&key)),
         Err(TlsError::Pem { .. })
     ));
 
     // Well-formed PEM around a key that is not one.
-    let junk_key = certs.path("junk.key");
-    std::fs::write(
-        &junk_key,
-        b"-----BEGIN PRIVATE KEY-----\nAAECAwQFBgcICQ==\n-----END PRIVATE KEY-----\n",
-    )
-    .expect("write");
+    let junk_key = certs.pem("junk.key", "PRIVATE KEY", "AAECAwQFBgcICQ==");
     assert!(matches!(
         Tls::load(&cert, Some(&junk_key)),
         Err(TlsError::BadKey { .. })
     ));
 
     // A certificate that is not DER inside: refused when matched against the key.
-    let junk_cert = certs.path("junk.crt");
-    std::fs::write(
-        &junk_cert,
-        b"-----BEGIN CERTIFICATE-----\nAAECAwQFBgcICQ==\n-----END CERTIFICATE-----\n",
-    )
-    .expect("write");
+    let junk_cert = certs.pem("junk.crt", "CERTIFICATE", "AAECAwQFBgcICQ==");
     assert!(matches!(
         Tls::load(&junk_cert, Some(&key)),
         Err(TlsError::BadCertificate { .. })

@@ -22,6 +22,9 @@ use crate::store::{self, Dir};
 
 type Conn = crate::tls::Stream;
 
+/// The reference's answer to a COMPUTE it cannot use.
+const INVALID_COMPUTE: &str = "Invalid computation request ignored";
+
 impl Node {
     pub(crate) async fn serve_connection(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr) {
         // Dual-stack sockets (systemd's) show IPv4 clients as ::ffff:a.b.c.d.
@@ -116,16 +119,11 @@ impl Node {
         body: &[u8],
         peer: SocketAddr,
     ) -> Result<(), NetError> {
-        let compute = match pickle::decode(body)
-            .map_err(|e| e.to_string())
-            .and_then(|v| Compute::from_value(&v).map_err(|e| e.to_string()))
-        {
+        let compute = match decode_as(body, Compute::from_value) {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(client = %peer, error = %e, "refused COMPUTE: malformed");
-                return self
-                    .reply_raw(s, "Invalid computation request ignored")
-                    .await;
+                return self.reply_raw(s, INVALID_COMPUTE).await;
             }
         };
         let Some(addr) = self.addr_for(&compute.node_ip_addr).cloned() else {
@@ -139,9 +137,7 @@ impl Node {
         };
         let Some(sched_ip) = net::parse_ip(&compute.scheduler_ip_addr) else {
             tracing::warn!(client = %peer, scheduler = %compute.scheduler_ip_addr, "refused COMPUTE: scheduler address is not an IP");
-            return self
-                .reply_raw(s, "Invalid computation request ignored")
-                .await;
+            return self.reply_raw(s, INVALID_COMPUTE).await;
         };
         let busy: Option<Value> = {
             let st = self.lock();
@@ -197,9 +193,7 @@ impl Node {
                 .to_owned();
             if store::check_component(&base).is_err() {
                 let _ = store::remove_tree(&dir);
-                return self
-                    .reply_raw(s, "Invalid computation request ignored")
-                    .await;
+                return self.reply_raw(s, INVALID_COMPUTE).await;
             }
             compute.name = dir.join(base).display().to_string();
         }
@@ -362,10 +356,7 @@ impl Node {
         peer: SocketAddr,
     ) -> Result<(), NetError> {
         let t = self.msg_timeout();
-        let xf = match pickle::decode(body)
-            .map_err(|e| e.to_string())
-            .and_then(|v| XferFile::from_value(&v).map_err(|e| e.to_string()))
-        {
+        let xf = match decode_as(body, XferFile::from_value) {
             Ok(x) => x,
             Err(e) => {
                 tracing::warn!(client = %peer, error = %e, "refused FILEXFER: malformed");
@@ -527,10 +518,7 @@ impl Node {
         body: &[u8],
         peer: SocketAddr,
     ) -> Result<(), NetError> {
-        let job = match pickle::decode(body)
-            .map_err(|e| e.to_string())
-            .and_then(|v| Job::from_value(&v).map_err(|e| e.to_string()))
-        {
+        let job = match decode_as(body, Job::from_value) {
             Ok(j) => j,
             Err(e) => {
                 tracing::warn!(client = %peer, error = %e, "refused JOB: malformed");
@@ -613,10 +601,7 @@ impl Node {
     }
 
     async fn on_terminate(self: &Arc<Self>, body: &[u8], peer: SocketAddr) {
-        let Some((uid, compute_id)) = pickle::decode(body)
-            .ok()
-            .and_then(|v| Job::ident_from_value(&v).ok())
-        else {
+        let Ok((uid, compute_id)) = decode_as(body, Job::ident_from_value) else {
             tracing::warn!(client = %peer, "refused TERMINATE_JOB: malformed");
             return;
         };
@@ -644,10 +629,7 @@ impl Node {
         body: &[u8],
         peer: SocketAddr,
     ) -> Result<(), NetError> {
-        let Some(req) = pickle::decode(body)
-            .ok()
-            .and_then(|v| ComputeRequest::from_value(&v).ok())
-        else {
+        let Ok(req) = decode_as(body, ComputeRequest::from_value) else {
             tracing::warn!(client = %peer, "refused CLOSE: malformed");
             return self.reply_raw(s, "ACK").await;
         };
@@ -690,10 +672,7 @@ impl Node {
     }
 
     async fn on_jobs(&self, s: &mut Conn, body: &[u8]) -> Result<(), NetError> {
-        let Some(req) = pickle::decode(body)
-            .ok()
-            .and_then(|v| ComputeRequest::from_value(&v).ok())
-        else {
+        let Ok(req) = decode_as(body, ComputeRequest::from_value) else {
             return Ok(());
         };
         let uids: Vec<Value> = {
@@ -713,9 +692,7 @@ impl Node {
         &self,
         body: &[u8],
     ) -> Option<(ComputeRequest, Vec<crate::results::SavedResult>)> {
-        let req = pickle::decode(body)
-            .ok()
-            .and_then(|v| ComputeRequest::from_value(&v).ok())?;
+        let req = decode_as(body, ComputeRequest::from_value).ok()?;
         let auth = req.auth.clone()?;
         let registered = self
             .lock()
@@ -732,6 +709,15 @@ impl Node {
         Some((req, saved))
     }
 
+    /// Jobs of a computation that are still running (not yet delivering their result).
+    fn unfinished_jobs(&self, compute_id: i64) -> usize {
+        self.lock()
+            .jobs
+            .values()
+            .filter(|j| j.compute_id == compute_id && !j.finishing)
+            .count()
+    }
+
     async fn pending_jobs_value(&self, body: &[u8]) -> Value {
         let Some((req, saved)) = self.saved_request(body).await else {
             return Value::str_dict([
@@ -739,12 +725,7 @@ impl Node {
                 ("pending", Value::Int(0)),
             ]);
         };
-        let running = self
-            .lock()
-            .jobs
-            .values()
-            .filter(|j| j.compute_id == req.compute_id && !j.finishing)
-            .count();
+        let running = self.unfinished_jobs(req.compute_id);
         // The reference caps the list at about 51 uids per answer.
         let done = saved.iter().take(51).map(|r| Value::Int(r.uid)).collect();
         Value::str_dict([
@@ -789,12 +770,7 @@ impl Node {
             tracing::info!(client = %peer, "refused RESEND_JOB_RESULTS: unknown computation or wrong auth");
             return self.reply_pickle(s, &Value::Int(0)).await;
         };
-        let running = self
-            .lock()
-            .jobs
-            .values()
-            .filter(|j| j.compute_id == req.compute_id && !j.finishing)
-            .count();
+        let running = self.unfinished_jobs(req.compute_id);
         let r = self
             .reply_pickle(s, &Value::Int((saved.len() + running) as i64))
             .await;
@@ -802,6 +778,16 @@ impl Node {
         tokio::spawn(async move { n.resend_results(Some(req.compute_id)).await });
         r
     }
+}
+
+/// A request body unpickled and read as a typed message; the error is the text refusals log.
+fn decode_as<T, E: std::fmt::Display>(
+    body: &[u8],
+    from_value: impl FnOnce(&Value) -> Result<T, E>,
+) -> Result<T, String> {
+    pickle::decode(body)
+        .map_err(|e| e.to_string())
+        .and_then(|v| from_value(&v).map_err(|e| e.to_string()))
 }
 
 fn random_suffix() -> String {

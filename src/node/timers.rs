@@ -135,23 +135,14 @@ impl Node {
         // Tell the scheduler we have no CPUs for it any more (NODE_CPUS, §2.3.6).
         let sched = self.lock().scheduler.clone();
         if let Some((ip, port)) = sched {
-            if let Some(ip) = net::parse_ip(&ip) {
-                let v = Value::str_dict([
-                    ("ip_addr", Value::Str(self.addrs[0].announce.clone())),
-                    ("sign", Value::Str(self.sign.clone())),
-                    ("cpus", Value::Int(0)),
-                ]);
-                let mut msg = b"NODE_CPUS:".to_vec();
-                pickle::encode_into(&v, &mut msg);
-                let _ = net::request(
-                    SocketAddr::new(ip, port),
-                    &msg,
-                    false,
-                    self.msg_timeout(),
-                    self.tls.as_ref(),
-                )
-                .await;
-            }
+            let v = Value::str_dict([
+                ("ip_addr", Value::Str(self.addrs[0].announce.clone())),
+                ("sign", Value::Str(self.sign.clone())),
+                ("cpus", Value::Int(0)),
+            ]);
+            let mut msg = b"NODE_CPUS:".to_vec();
+            pickle::encode_into(&v, &mut msg);
+            self.tell_scheduler(&ip, port, &msg).await;
         }
         if service == Service::Ended {
             let ids: Vec<u64> = self.lock().jobs.keys().copied().collect();
@@ -261,23 +252,29 @@ impl Node {
         }
         if self.lock().computations.is_empty() {
             if let Some((ip, port)) = sched {
-                if let Some(ip) = net::parse_ip(&ip) {
-                    let a = &self.addrs[0];
-                    let msg = crate::protocol::message::terminated(
-                        &a.announce,
-                        self.cfg.node_port,
-                        &self.sign,
-                    );
-                    let _ = net::request(
-                        SocketAddr::new(ip, port),
-                        &msg,
-                        false,
-                        self.msg_timeout(),
-                        self.tls.as_ref(),
-                    )
-                    .await;
-                }
+                let a = &self.addrs[0];
+                let msg = crate::protocol::message::terminated(
+                    &a.announce,
+                    self.cfg.node_port,
+                    &self.sign,
+                );
+                self.tell_scheduler(&ip, port, &msg).await;
             }
+        }
+    }
+
+    /// One message to the scheduler at `ip:port`, no answer awaited; best effort (an address
+    /// that is not an IP, or a failed send, is ignored).
+    async fn tell_scheduler(&self, ip: &str, port: u16, msg: &[u8]) {
+        if let Some(ip) = net::parse_ip(ip) {
+            let _ = net::request(
+                SocketAddr::new(ip, port),
+                msg,
+                false,
+                self.msg_timeout(),
+                self.tls.as_ref(),
+            )
+            .await;
         }
     }
 }

@@ -197,7 +197,7 @@ pub fn python() -> PathBuf {
 // ---------------------------------------------------------------------------
 // Ports
 
-fn port_is_free(port: u16) -> bool {
+pub fn port_is_free(port: u16) -> bool {
     let addrs = [Ipv4Addr::LOCALHOST, Ipv4Addr::UNSPECIFIED];
     addrs.iter().all(|ip| {
         let sa = SocketAddr::from((*ip, port));
@@ -290,7 +290,7 @@ fn stop_process_group(child: &mut Child, grace: Duration) {
     let _ = child.wait();
 }
 
-fn read_lossy(path: &Path) -> String {
+pub fn read_lossy(path: &Path) -> String {
     let mut buf = Vec::new();
     if let Ok(mut f) = File::open(path) {
         let _ = f.read_to_end(&mut buf);
@@ -298,7 +298,8 @@ fn read_lossy(path: &Path) -> String {
     String::from_utf8_lossy(&buf).into_owned()
 }
 
-fn tail(text: &str, lines: usize) -> String {
+/// The last `lines` lines of `text`, saying how many were left out.
+pub fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     let start = all.len().saturating_sub(lines);
     let mut out = String::new();
@@ -359,7 +360,8 @@ impl Node {
 
     pub fn start_with(opts: NodeOpts) -> Node {
         let imp = node_impl();
-        let python = python();
+        // The venv first: making it can take minutes, which should not pass with the node up.
+        python();
         let port = free_port_pair();
         let base = tempfile::Builder::new()
             .prefix("dispynode-interop-")
@@ -381,29 +383,9 @@ impl Node {
         }
         let log_path = base.path().join("node.log");
         let log = File::create(&log_path).expect("create node log");
-        let log2 = log.try_clone().expect("clone log handle");
 
-        let mut cmd = match imp {
-            Impl::Ours => {
-                let mut c = Command::new(env!("CARGO_BIN_EXE_dispynode"));
-                c.args(["-i", "127.0.0.1"])
-                    .args(["--node_port", &port.to_string()])
-                    .args(["--scheduler_port", &(port - 1).to_string()]);
-                c
-            }
-            Impl::Reference => {
-                let mut c = Command::new(&python);
-                c.arg(venv_dir().join("bin").join("dispynode.py"))
-                    .args(["-i", "127.0.0.1"])
-                    .args(["-p", &(port - 1).to_string()])
-                    .arg("--daemon");
-                c
-            }
-        };
-        cmd.arg("--dest_path_prefix")
-            .arg(&prefix)
-            .args(["--cpus", &opts.cpus.to_string()])
-            .arg("-d");
+        let mut cmd = node_command(imp, port, &prefix);
+        cmd.args(["--cpus", &opts.cpus.to_string()]).arg("-d");
         if let Some(s) = &opts.secret {
             cmd.args(["--secret", s]);
         }
@@ -411,17 +393,7 @@ impl Node {
             cmd.args(["--max_file_size", m]);
         }
         cmd.args(&opts.extra);
-        cmd.current_dir(base.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log))
-            .stderr(Stdio::from(log2))
-            .env("PYTHONUNBUFFERED", "1")
-            .env("PYTHONDONTWRITEBYTECODE", "1")
-            .process_group(0);
-        let command = format!("{cmd:?}");
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start node {command}: {e}"));
+        let (child, command) = spawn_node(cmd, base.path(), log);
         let mut node = Node {
             child,
             port,
@@ -437,31 +409,17 @@ impl Node {
     }
 
     fn wait_accepting(&mut self) {
-        let deadline = Instant::now() + NODE_START_TIMEOUT;
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
-        loop {
-            if let Some(status) = exited_unreaped(&self.child) {
-                panic!(
-                    "node exited during start-up ({})\ncommand: {}\n--- node log\n{}",
-                    describe(&status),
+        wait_accepting(
+            self.port,
+            || exited_unreaped(&self.child).map(|s| describe(&s)),
+            || {
+                format!(
+                    "command: {}\n--- node log\n{}",
                     self.command,
                     tail(&self.log(), 200)
-                );
-            }
-            if let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
-                // 40 bytes that are not the auth, then EOF: the node drops it.
-                let _ = s.write_all(&[b'x'; 40]);
-                break;
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "node not accepting on TCP {addr} after {NODE_START_TIMEOUT:?}\ncommand: {}\n--- node log\n{}",
-                    self.command,
-                    tail(&self.log(), 200)
-                );
-            }
-            thread::sleep(Duration::from_millis(100));
-        }
+                )
+            },
+        );
     }
 
     pub fn implementation(&self) -> Impl {
@@ -516,16 +474,7 @@ impl Node {
 
     /// Polls the log (bounded) for a line containing `needle`.
     pub fn wait_log_contains(&self, needle: &str, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if self.log().contains(needle) {
-                return true;
-            }
-            if Instant::now() > deadline {
-                return false;
-            }
-            thread::sleep(Duration::from_millis(100));
-        }
+        wait_until(timeout, || self.log().contains(needle))
     }
 
     pub fn is_alive(&mut self) -> bool {
@@ -647,6 +596,90 @@ impl Drop for Node {
     }
 }
 
+/// The command line of the node under test on port P (scheduler port P-1) with its prefix;
+/// the caller adds `--cpus`, `-d` and the rest.
+pub fn node_command(imp: Impl, port: u16, prefix: &Path) -> Command {
+    let mut cmd = match imp {
+        Impl::Ours => {
+            let mut c = Command::new(env!("CARGO_BIN_EXE_dispynode"));
+            c.args(["-i", "127.0.0.1"])
+                .args(["--node_port", &port.to_string()])
+                .args(["--scheduler_port", &(port - 1).to_string()]);
+            c
+        }
+        Impl::Reference => {
+            let mut c = Command::new(python());
+            c.arg(venv_dir().join("bin").join("dispynode.py"))
+                .args(["-i", "127.0.0.1"])
+                .args(["-p", &(port - 1).to_string()])
+                .arg("--daemon");
+            c
+        }
+    };
+    cmd.arg("--dest_path_prefix").arg(prefix);
+    cmd
+}
+
+/// Starts a node command in `cwd` as its own process group, stdout and stderr to `log`:
+/// the child and the command line (for failure messages).
+pub fn spawn_node(mut cmd: Command, cwd: &Path, log: File) -> (Child, String) {
+    let log2 = log.try_clone().expect("clone log handle");
+    cmd.current_dir(cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log))
+        .stderr(Stdio::from(log2))
+        .env("PYTHONUNBUFFERED", "1")
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .process_group(0);
+    let command = format!("{cmd:?}");
+    let child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start node {command}: {e}"));
+    (child, command)
+}
+
+/// Waits (bounded) until a node accepts TCP on 127.0.0.1:`port`. Panics with `context()`
+/// (command and log) if `exited()` says how the node ended, or after NODE_START_TIMEOUT.
+pub fn wait_accepting(
+    port: u16,
+    mut exited: impl FnMut() -> Option<String>,
+    context: impl Fn() -> String,
+) {
+    let deadline = Instant::now() + NODE_START_TIMEOUT;
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    loop {
+        if let Some(status) = exited() {
+            panic!("node exited during start-up ({status})\n{}", context());
+        }
+        if let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
+            // 40 bytes that are not the auth, then EOF: the node drops it.
+            let _ = s.write_all(&[b'x'; 40]);
+            break;
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "node not accepting on TCP {addr} after {NODE_START_TIMEOUT:?}\n{}",
+                context()
+            );
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Polls `cond` every 100 ms until it holds (true) or `timeout` has passed (false).
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Recursively lists entries below `root` whose file name starts with `name_prefix`.
 pub fn find_named(root: &Path, name_prefix: &str) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -691,9 +724,15 @@ pub struct ClientRun {
     cwd: TempDir,
 }
 
-/// Runs `tests/clients/<script>.py <args...>` with the venv's python in a
-/// fresh temp cwd, with a hard timeout (its process group is killed then).
-pub fn run_client(script: &str, args: &[&str], timeout: Duration) -> ClientRun {
+/// Starts `tests/clients/<script>.py <args...>` with the venv's python in a fresh temp cwd
+/// (returned: it lives as long as the run), as its own process group, stdout and stderr
+/// piped; `configure` adds the caller's stdin and environment.
+pub fn spawn_script(
+    script: &str,
+    args: &[&str],
+    timeout: Duration,
+    configure: impl FnOnce(&mut Command),
+) -> (Child, TempDir) {
     let python = python();
     let cwd = tempfile::Builder::new()
         .prefix("dispy-client-")
@@ -707,36 +746,44 @@ pub fn run_client(script: &str, args: &[&str], timeout: Duration) -> ClientRun {
     cmd.arg(&path)
         .args(args)
         .current_dir(cwd.path())
-        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .env("PYTHONUNBUFFERED", "1")
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .env("INTEROP_CLIENT_WATCHDOG", watchdog.to_string())
-        .env(
+        .process_group(0);
+    configure(&mut cmd);
+    let child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", path.display()));
+    (child, cwd)
+}
+
+/// Reads a child's pipe to its end on a thread of its own (so the child never blocks on a
+/// full pipe); join the thread for the bytes.
+pub fn read_in_background(mut pipe: impl Read + Send + 'static) -> thread::JoinHandle<Vec<u8>> {
+    thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = pipe.read_to_end(&mut b);
+        b
+    })
+}
+
+/// Runs `tests/clients/<script>.py <args...>` with the venv's python in a
+/// fresh temp cwd, with a hard timeout (its process group is killed then).
+pub fn run_client(script: &str, args: &[&str], timeout: Duration) -> ClientRun {
+    let started = Instant::now();
+    let (mut child, cwd) = spawn_script(script, args, timeout, |cmd| {
+        cmd.stdin(Stdio::null()).env(
             "INTEROP_NODE_IMPL",
             match node_impl() {
                 Impl::Ours => "ours",
                 Impl::Reference => "reference",
             },
-        )
-        .process_group(0);
-    let started = Instant::now();
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", path.display()));
-    let mut out_pipe = child.stdout.take().expect("stdout pipe");
-    let mut err_pipe = child.stderr.take().expect("stderr pipe");
-    let out_reader = thread::spawn(move || {
-        let mut b = Vec::new();
-        let _ = out_pipe.read_to_end(&mut b);
-        b
+        );
     });
-    let err_reader = thread::spawn(move || {
-        let mut b = Vec::new();
-        let _ = err_pipe.read_to_end(&mut b);
-        b
-    });
+    let out_reader = read_in_background(child.stdout.take().expect("stdout pipe"));
+    let err_reader = read_in_background(child.stderr.take().expect("stderr pipe"));
     let deadline = started + timeout;
     let mut timed_out = false;
     let pgid = Pid::from_raw(child.id() as i32);
@@ -775,6 +822,81 @@ pub fn run_client(script: &str, args: &[&str], timeout: Duration) -> ClientRun {
     }
 }
 
+/// The `CHECK <name> ok|FAIL <detail>` lines of a client's stdout.
+pub fn parse_checks(stdout: &str) -> Vec<Check> {
+    stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("CHECK "))
+        .map(|rest| {
+            let mut it = rest.splitn(3, ' ');
+            let name = it.next().unwrap_or("").to_string();
+            let verdict = it.next().unwrap_or("");
+            let detail = it.next().unwrap_or("").to_string();
+            Check {
+                name,
+                ok: verdict == "ok",
+                detail,
+            }
+        })
+        .collect()
+}
+
+/// Whether a client's stdout has its final `RESULT ok` line.
+pub fn says_result_ok(stdout: &str) -> bool {
+    stdout.lines().any(|l| l.trim_end() == "RESULT ok")
+}
+
+/// Problems with how a client script ended: killed at the hard timeout or a failed exit,
+/// and no final `RESULT ok`.
+pub fn exit_problems(
+    timed_out: bool,
+    elapsed: Duration,
+    status: Option<ExitStatus>,
+    stdout: &str,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    if timed_out {
+        problems.push(format!(
+            "client killed after the hard timeout ({elapsed:?})"
+        ));
+    } else {
+        match status {
+            Some(s) if s.success() => {}
+            Some(s) => problems.push(format!("client exited with {s}")),
+            None => problems.push("client status unknown".into()),
+        }
+    }
+    if !says_result_ok(stdout) {
+        problems.push("no final 'RESULT ok' line".into());
+    }
+    problems
+}
+
+/// Problems with a client's CHECK lines: failed checks, and checks run but not expected or
+/// expected but not run.
+pub fn check_problems(stdout: &str, expected: &[&str]) -> Vec<String> {
+    let mut problems = Vec::new();
+    let checks = parse_checks(stdout);
+    let seen: HashSet<&str> = checks.iter().map(|c| c.name.as_str()).collect();
+    for c in &checks {
+        if !c.ok {
+            problems.push(format!("CHECK {} failed: {}", c.name, c.detail));
+        }
+        if !expected.contains(&c.name.as_str()) {
+            problems.push(format!(
+                "CHECK {} is not in the test's expected list",
+                c.name
+            ));
+        }
+    }
+    for name in expected {
+        if !seen.contains(name) {
+            problems.push(format!("CHECK {name} missing (not run)"));
+        }
+    }
+    problems
+}
+
 impl ClientRun {
     /// The client's working directory (files sent by jobs land here).
     pub fn cwd(&self) -> &Path {
@@ -782,21 +904,7 @@ impl ClientRun {
     }
 
     pub fn checks(&self) -> Vec<Check> {
-        self.stdout
-            .lines()
-            .filter_map(|l| l.strip_prefix("CHECK "))
-            .map(|rest| {
-                let mut it = rest.splitn(3, ' ');
-                let name = it.next().unwrap_or("").to_string();
-                let verdict = it.next().unwrap_or("");
-                let detail = it.next().unwrap_or("").to_string();
-                Check {
-                    name,
-                    ok: verdict == "ok",
-                    detail,
-                }
-            })
-            .collect()
+        parse_checks(&self.stdout)
     }
 
     /// The value of the last `INFO <key>=<value>` line.
@@ -810,45 +918,13 @@ impl ClientRun {
     }
 
     pub fn finished(&self) -> bool {
-        self.stdout.lines().any(|l| l.trim_end() == "RESULT ok")
+        says_result_ok(&self.stdout)
     }
 
     /// Problems with this run given the expected CHECK names (empty = fine).
     pub fn problems(&self, expected: &[&str]) -> Vec<String> {
-        let mut problems = Vec::new();
-        if self.timed_out {
-            problems.push(format!(
-                "client killed after the hard timeout ({:?})",
-                self.elapsed
-            ));
-        } else {
-            match self.status {
-                Some(s) if s.success() => {}
-                Some(s) => problems.push(format!("client exited with {s}")),
-                None => problems.push("client status unknown".into()),
-            }
-        }
-        if !self.finished() {
-            problems.push("no final 'RESULT ok' line".into());
-        }
-        let checks = self.checks();
-        let seen: HashSet<&str> = checks.iter().map(|c| c.name.as_str()).collect();
-        for c in &checks {
-            if !c.ok {
-                problems.push(format!("CHECK {} failed: {}", c.name, c.detail));
-            }
-            if !expected.contains(&c.name.as_str()) {
-                problems.push(format!(
-                    "CHECK {} is not in the test's expected list",
-                    c.name
-                ));
-            }
-        }
-        for name in expected {
-            if !seen.contains(name) {
-                problems.push(format!("CHECK {name} missing (not run)"));
-            }
-        }
+        let mut problems = exit_problems(self.timed_out, self.elapsed, self.status, &self.stdout);
+        problems.extend(check_problems(&self.stdout, expected));
         problems
     }
 
@@ -889,11 +965,50 @@ impl ClientRun {
 /// Runs a client script against `node` (its port as argv[1], then `args`)
 /// with the default hard timeout.
 pub fn run_against(node: &Node, script: &str, args: &[&str]) -> ClientRun {
-    let port = node.port().to_string();
+    run_on_port(node.port(), script, args)
+}
+
+/// Runs a client script with `port` as argv[1], then `args`, with the default hard timeout.
+pub fn run_on_port(port: u16, script: &str, args: &[&str]) -> ClientRun {
+    let port = port.to_string();
     let mut all: Vec<&str> = vec![port.as_str()];
     all.extend_from_slice(args);
     run_client(script, &all, CLIENT_TIMEOUT)
 }
+
+/// The CHECK names of many_jobs.py, which the interop and systemd suites both run.
+pub const MANY_JOBS_CHECKS: [&str; 8] = [
+    "all_replied",
+    "all_finished",
+    "results_in_order",
+    "ip_addr",
+    "empty_output",
+    "node_cpus",
+    "jobs_done",
+    "closed",
+];
+
+/// The CHECK names of raw_escape.py (path escapes sent by a raw client), which the interop
+/// and hostile suites both run.
+pub const RAW_ESCAPE_CHECKS: [&str; 17] = [
+    "pong",
+    "pong_auth",
+    "bad_auth_no_reply",
+    "compute_rel_refused",
+    "compute_abs_refused",
+    "compute_mid_refused",
+    "compute_dotdot_refused",
+    "compute_legit_accepted",
+    "xfer_up_refused",
+    "xfer_abs_refused",
+    "xfer_mid_refused",
+    "xfer_name_backslash_refused",
+    "xfer_dest_backslash_refused",
+    "xfer_name_dotdot_refused",
+    "no_escape_files_written",
+    "xfer_legit_accepted",
+    "close_ack",
+];
 
 /// A short random token for unique names.
 pub fn token() -> String {
