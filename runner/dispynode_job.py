@@ -12,8 +12,12 @@ through a private message stream:
 The worker compiles the code on ``init``, execs it and runs ``setup`` on
 ``setup``, then forks one child per ``job``; jobs inherit the globals that the
 code and ``setup`` created, which is what dispy's "setup process" provides.
+The next job's child is forked ahead of time, while the worker is idle (a
+"spare", waiting on a pipe for its job), so a job never waits for a fork.
 Each child sends its outcome back over its own pipe and the worker turns it
-into a ``done`` message once the child has been reaped.
+into a ``done`` message as soon as the outcome is complete (the child's exit
+and reaping happen off the job's critical path), or once the child has been
+reaped if it sent none.
 
 Jobs talk to the client directly for ``dispy_provisional_result`` and
 ``dispy_send_file``: the wire format there is dispy's (framed pickles of
@@ -93,6 +97,10 @@ class FrameBuffer:
             blob = bytes(view[blob_start:end])
         del buf[:end]
         return header, blob
+
+    def pending(self):
+        """Bytes received after the last complete message."""
+        return len(self._buf)
 
 
 # ---------------------------------------------------------------- dispy pickles
@@ -262,11 +270,10 @@ class ClientLink:
                     if not 0 <= recvd < size:
                         return -1
                     count = min(size - recvd, FILE_CHUNK)
-                    fd.seek(recvd)
-                    data = fd.read(count)
-                    if len(data) != count:  # the file shrank meanwhile
+                    # sendfile(2) on plain sockets: no copy through Python (TLS sockets
+                    # read and send, as before).
+                    if sock.sendfile(fd, recvd, count) != count:  # the file shrank meanwhile
                         return -1
-                    sock.sendall(data)
         except Exception:
             return -1
 
@@ -314,6 +321,35 @@ class RunningJob:
         self.output = FrameBuffer()
         # Write end of the pipe a held child waits on (see the ``release`` op).
         self.gate = gate
+        # ``done`` was sent from the complete outcome; the reap only forgets the child.
+        self.reported = False
+
+
+class Spare:
+    """A job child forked ahead of time: it waits for its job message on ``job_w``'s pipe
+    and reports on ``result_fd``'s."""
+
+    def __init__(self, pid, job_w, result_fd):
+        self.pid = pid
+        self.job_w = job_w
+        self.result_fd = result_fd
+
+    def discard(self):
+        """EOF on its job pipe makes the spare exit; kill and reap it anyway, so that no
+        process outlives its use."""
+        for fd in (self.job_w, self.result_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            pass
 
 
 def _describe_exit(wait_status):
@@ -348,6 +384,7 @@ class Worker:
         self.logger = make_logger()
         self.user_globals = None  # set once setup succeeded
         self.setup_args = ()
+        self.spare = None  # the next job's child, forked while idle
 
         os.set_blocking(ctl_in, False)
         self.selector = selectors.DefaultSelector()
@@ -364,7 +401,14 @@ class Worker:
 
     def run(self):
         while True:
-            for key, _ in self.selector.select():
+            # Fork the next job's child when nothing else is waiting: the fork then costs no
+            # job any latency.
+            want_spare = self.user_globals is not None and self.spare is None
+            events = self.selector.select(0 if want_spare else None)
+            if not events and want_spare:
+                self.spare = self._fork_spare()
+                continue
+            for key, _ in events:
                 key.data()
 
     # ---- daemon stream
@@ -397,6 +441,7 @@ class Worker:
     # ---- ops
 
     def _op_init(self, header, blob):
+        self._discard_spare()
         try:
             os.chdir(header['dest_path'])
             self.code = compile(header['code'] or '', '<string>', 'exec')
@@ -412,6 +457,7 @@ class Worker:
         self.send({'ev': 'init', 'ok': True})
 
     def _op_setup(self, header, blob):
+        self._discard_spare()  # forked from the globals this setup replaces
         error = self._setup(blob)
         if error is None:
             self.send({'ev': 'setup', 'ok': True})
@@ -470,34 +516,60 @@ class Worker:
         if self.user_globals is None:
             self._send_not_started(header['id'], 'computation is not set up')
             return
-        for stream in (sys.stdout, sys.stderr):  # don't fork unflushed output
-            stream.flush()
-        read_fd, write_fd = os.pipe()
+        spare, self.spare = self.spare, None
+        for attempt in range(2):
+            if spare is None:
+                try:
+                    spare = self._fork_spare()
+                except OSError as exc:
+                    self._send_not_started(header['id'], 'could not start job process: %s' % exc)
+                    return
+            try:
+                write_message(spare.job_w, header, blob)
+                break
+            except OSError:  # the spare died meanwhile (killed from outside): take a fresh one
+                spare.discard()
+                spare = None
+        else:
+            self._send_not_started(header['id'], 'could not start job process: it died')
+            return
         # With ``hold``, the child waits before any user code until the daemon has moved it
         # into the job's cgroup (which the sandboxed job itself may not write) and says
-        # ``release``.
-        gate_r, gate_w = os.pipe() if header.get('hold') else (None, None)
+        # ``release``: the job pipe stays open as its gate.
+        gate = spare.job_w if header.get('hold') else None
+        if gate is None:
+            os.close(spare.job_w)
+        os.set_blocking(spare.result_fd, False)
+        job = RunningJob(header['id'], spare.pid, spare.result_fd, gate)
+        self.jobs[spare.pid] = job
+        self.selector.register(spare.result_fd, selectors.EVENT_READ,
+                               lambda: self._on_job_output(job))
+        self.send({'ev': 'started', 'id': job.id, 'pid': spare.pid})
+
+    def _fork_spare(self):
+        """Fork a job child that prepares itself, then waits for its job message."""
+        for stream in (sys.stdout, sys.stderr):  # don't fork unflushed output
+            stream.flush()
+        job_r, job_w = os.pipe()
+        read_fd, write_fd = os.pipe()
         try:
             pid = os.fork()
-        except OSError as exc:
-            for fd in (read_fd, write_fd, gate_r, gate_w):
-                if fd is not None:
-                    os.close(fd)
-            self._send_not_started(header['id'], 'could not start job process: %s' % exc)
-            return
+        except OSError:
+            for fd in (job_r, job_w, read_fd, write_fd):
+                os.close(fd)
+            raise
         if pid == 0:
             os.close(read_fd)
-            if gate_w is not None:
-                os.close(gate_w)
-            self._job_child(header, blob, write_fd, gate_r)  # never returns
+            os.close(job_w)
+            self._job_child(job_r, write_fd)  # never returns
         os.close(write_fd)
-        if gate_r is not None:
-            os.close(gate_r)
-        os.set_blocking(read_fd, False)
-        job = RunningJob(header['id'], pid, read_fd, gate_w)
-        self.jobs[pid] = job
-        self.selector.register(read_fd, selectors.EVENT_READ, lambda: self._on_job_output(job))
-        self.send({'ev': 'started', 'id': job.id, 'pid': pid})
+        os.close(job_r)
+        return Spare(pid, job_w, read_fd)
+
+    def _discard_spare(self):
+        if self.spare is not None:
+            self.spare.discard()
+            self.spare = None
 
     def _op_release(self, header, blob):
         for job in self.jobs.values():
@@ -532,27 +604,47 @@ class Worker:
 
     # ---- job children
 
-    def _job_child(self, header, blob, result_fd, gate_fd=None):
+    def _job_child(self, job_fd, result_fd):
         """Body of the forked job process.  Never returns: whatever happens,
         the process ends here, so it cannot fall back into the worker loop."""
         exit_code = 1
         try:
             os.setsid()  # own process group: kill reaches the job's descendants
-            if gate_fd is not None:
-                os.read(gate_fd, 1)  # EOF too: the worker is gone, the job ends below
-                os.close(gate_fd)
             signal.set_wakeup_fd(-1)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             self._close_worker_fds()
             signal.signal(signal.SIGINT, signal.default_int_handler)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            reply, result = self._run_job(header, blob)
+            job = self._await_job(job_fd)
+            if job is None:  # discarded before it got a job
+                exit_code = 0
+                return
+            reply, result = self._run_job(*job)
             write_message(result_fd, reply, result)
             exit_code = 0
         except BaseException:
             traceback.print_exc(file=sys.__stderr__)
         finally:
             os._exit(exit_code)
+
+    @staticmethod
+    def _await_job(job_fd):
+        """(header, blob) of this child's job, read from its job pipe; with ``hold``, only
+        once the gate byte (``release``) or EOF has followed it.  None on EOF before a job."""
+        inbox = FrameBuffer()
+        msg = None
+        while msg is None:
+            data = os.read(job_fd, READ_SIZE)
+            if not data:
+                return None
+            inbox.feed(data)
+            msg = inbox.pop()
+        # EOF instead of the gate byte: the worker is gone, and the job ends at once in
+        # _run_job's pipe write or soon after; running it unplaced would escape the cgroup.
+        if msg[0].get('hold') and not inbox.pending() and not os.read(job_fd, 1):
+            return None
+        os.close(job_fd)
+        return msg
 
     def _close_worker_fds(self):
         for job in self.jobs.values():  # other jobs' gates belong to the worker alone
@@ -602,8 +694,22 @@ class Worker:
             return
         if data:
             job.output.feed(data)
+            self._report_outcome(job)
         else:
             self._close_output(job)
+
+    def _report_outcome(self, job):
+        """Send ``done`` as soon as the child's outcome message is complete: its exit and
+        reaping then happen while the daemon already replies to the client."""
+        if job.reported:
+            return
+        msg = job.output.pop()
+        if msg is not None:
+            reply, result = msg
+            header = {'ev': 'done', 'id': job.id}
+            header.update(reply)
+            job.reported = True
+            self.send(header, result)
 
     def _close_output(self, job):
         self.selector.unregister(job.fd)
@@ -636,6 +742,15 @@ class Worker:
                 pid, wait_status = job.pid, None
             if pid:
                 self._finish(job, wait_status)
+        if self.spare is not None:  # killed from outside before it got a job
+            try:
+                gone = os.waitpid(self.spare.pid, os.WNOHANG)[0]
+            except ChildProcessError:
+                gone = True
+            if gone:
+                os.close(self.spare.job_w)
+                os.close(self.spare.result_fd)
+                self.spare = None
 
     def _finish(self, job, wait_status, report=True):
         """Forget a reaped child and send its ``done``."""
@@ -644,14 +759,10 @@ class Worker:
             os.close(job.gate)
             job.gate = None
         self._drain_output(job)
-        if not report:
+        if not report or job.reported:
             return
-        msg = job.output.pop()
-        if msg is not None:
-            reply, result = msg
-            header = {'ev': 'done', 'id': job.id}
-            header.update(reply)
-            self.send(header, result)
+        self._report_outcome(job)
+        if job.reported:
             return
         sig, exit_code, explanation = _describe_exit(wait_status)
         self.send({'ev': 'done', 'id': job.id, 'status': TERMINATED, 'stdout': None,
@@ -670,6 +781,7 @@ class Worker:
                 pass
 
     def _kill_all(self, report):
+        self._discard_spare()
         jobs = list(self.jobs.values())
         for job in jobs:
             self._kill(job)

@@ -30,15 +30,15 @@ use std::time::Duration;
 
 use sd_notify::NotifyState;
 use thiserror::Error;
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::EnvFilter;
 
 /// The `SYSLOG_IDENTIFIER=` of every journal entry we write (what `journalctl -t` filters on).
 pub const SYSLOG_IDENTIFIER: &str = "dispynode";
 
-/// Environment variable that overrides the log filter (`tracing_subscriber::EnvFilter` syntax,
-/// e.g. `DISPYNODE_LOG=debug` or `DISPYNODE_LOG=info,dispynode::node=trace`).
+/// Environment variable that overrides the log filter (`target=level` directives separated by
+/// commas, e.g. `DISPYNODE_LOG=debug` or `DISPYNODE_LOG=info,dispynode::node=trace`).
 pub const LOG_ENV: &str = "DISPYNODE_LOG";
 
 /// What systemd passed that the node cannot serve with.
@@ -509,21 +509,22 @@ pub enum LogTarget {
 /// * Otherwise (started by hand, or journald unreachable), readable lines go to stderr, with
 ///   colours only when stderr is a terminal.
 ///
-/// The level is `info`, `debug` with `-d`; `$DISPYNODE_LOG` overrides it with an
-/// `EnvFilter` directive. Calling it twice keeps the first subscriber.
+/// The level is `info`, `debug` with `-d`; `$DISPYNODE_LOG` overrides it with `target=level`
+/// directives (tracing-subscriber's `Targets`: no regex engine in the daemon, which keeps its
+/// code, and so its resident memory, small). Calling it twice keeps the first subscriber.
 pub fn init_logging(debug: bool) -> LogTarget {
     let default = if debug { "debug" } else { "info" };
     let (filter, bad_filter) = match std::env::var(LOG_ENV) {
-        Ok(v) if !v.trim().is_empty() => match EnvFilter::try_new(&v) {
+        Ok(v) if !v.trim().is_empty() => match v.trim().parse::<Targets>() {
             Ok(f) => (f, None),
             Err(e) => (
-                EnvFilter::new(default),
+                default_filter(debug),
                 Some(format!(
                     "{LOG_ENV}={v:?} is not a valid filter ({e}); using {default}"
                 )),
             ),
         },
-        _ => (EnvFilter::new(default), None),
+        _ => (default_filter(debug), None),
     };
     let journal = if stderr_is_journal() {
         Some(tracing_journald::layer())
@@ -545,11 +546,14 @@ pub fn init_logging(debug: bool) -> LogTarget {
         }
         other => {
             journal_error = other.and_then(Result::err);
-            let _ = tracing_subscriber::fmt()
-                .with_env_filter(filter)
-                .with_ansi(io::stderr().is_terminal())
-                .with_writer(io::stderr)
-                .with_target(false)
+            let _ = tracing_subscriber::registry()
+                .with(filter)
+                .with(
+                    tracing_subscriber::fmt::layer()
+                        .with_ansi(io::stderr().is_terminal())
+                        .with_writer(io::stderr)
+                        .with_target(false),
+                )
                 .try_init();
             LogTarget::Stderr
         }
@@ -561,6 +565,15 @@ pub fn init_logging(debug: bool) -> LogTarget {
         tracing::warn!("{msg}");
     }
     target
+}
+
+fn default_filter(debug: bool) -> Targets {
+    let level = if debug {
+        tracing::Level::DEBUG
+    } else {
+        tracing::Level::INFO
+    };
+    Targets::new().with_default(level)
 }
 
 /// Journal priorities as daemons use them: INFO is "informational" (6), not tracing-journald's

@@ -45,7 +45,12 @@ impl Node {
         while let Some(ev) = rx.recv().await {
             match ev {
                 JobEvent::Started { id, pid } => {
-                    self.procs.add(pid);
+                    self.procs.note(pid);
+                    let n = self.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(super::leftovers::RECORD_FUNCTION_JOBS_AFTER).await;
+                        n.procs.persist(pid);
+                    });
                     let (comp_cg, worker) = {
                         let mut st = self.lock();
                         if let Some(j) = st.jobs.get_mut(&id) {

@@ -2,11 +2,14 @@
 //! directory, and a record of every process the node started, so `--clean` can kill what an
 //! earlier run left behind without ever killing a process that is not ours.
 
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
 
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
@@ -77,7 +80,15 @@ pub fn start_time(pid: i32) -> Option<u64> {
 /// Records of the processes the node started: `<state_dir>/procs/<pid>` holding the start time.
 pub struct ProcRecords {
     dir: PathBuf,
+    /// The pids of this run that are recorded or noted: true once their file is written.
+    live: Mutex<HashMap<i32, bool>>,
 }
+
+/// How long a function job runs before its record is written. Function jobs die with their
+/// worker (it kills them when its control stream ends), so a record only matters for a
+/// job that outlives a worker killed with the daemon; short jobs, most of them, then cost
+/// no file I/O at all.
+pub const RECORD_FUNCTION_JOBS_AFTER: Duration = Duration::from_secs(1);
 
 impl ProcRecords {
     pub fn open(state_dir: &Path) -> Result<ProcRecords, LeftoverError> {
@@ -87,18 +98,51 @@ impl ProcRecords {
             .mode(0o700)
             .create(&dir)
             .map_err(io_at(&dir))?;
-        Ok(ProcRecords { dir })
+        Ok(ProcRecords {
+            dir,
+            live: Mutex::default(),
+        })
     }
 
-    /// Notes a process (group leader) we started. Best effort: a failure only weakens --clean.
-    pub fn add(&self, pid: i32) {
-        if let Some(t) = start_time(pid) {
-            let _ = fs::write(self.dir.join(pid.to_string()), t.to_string());
+    fn live(&self) -> std::sync::MutexGuard<'_, HashMap<i32, bool>> {
+        self.live.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self, pid: i32) -> bool {
+        match start_time(pid) {
+            Some(t) => fs::write(self.dir.join(pid.to_string()), t.to_string()).is_ok(),
+            None => false,
         }
     }
 
+    /// Records a process (group leader) we started. Best effort: a failure only weakens
+    /// --clean.
+    pub fn add(&self, pid: i32) {
+        let mut live = self.live();
+        let written = self.write(pid);
+        live.insert(pid, written);
+    }
+
+    /// Notes a process in memory only; [`ProcRecords::persist`] records it if it is still
+    /// noted by then.
+    pub fn note(&self, pid: i32) {
+        self.live().insert(pid, false);
+    }
+
+    /// Writes the record of a noted process that has not been removed meanwhile.
+    pub fn persist(&self, pid: i32) {
+        let mut live = self.live();
+        if live.get(&pid) == Some(&false) {
+            let written = self.write(pid);
+            live.insert(pid, written);
+        }
+    }
+
+    /// Forgets a process that has ended (and its record, if one was written).
     pub fn remove(&self, pid: i32) {
-        let _ = fs::remove_file(self.dir.join(pid.to_string()));
+        if self.live().remove(&pid) == Some(true) {
+            let _ = fs::remove_file(self.dir.join(pid.to_string()));
+        }
     }
 
     /// Recorded processes that still run (same pid and start time), and stale records.
@@ -134,7 +178,7 @@ impl ProcRecords {
         for pid in &alive {
             let _ = killpg(Pid::from_raw(*pid), Signal::SIGKILL);
             let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
-            self.remove(*pid);
+            let _ = fs::remove_file(self.dir.join(pid.to_string()));
         }
         for p in stale {
             let _ = fs::remove_file(p);
@@ -203,6 +247,25 @@ mod tests {
             .next()
             .is_none());
         assert!(start_time(1).is_some(), "pid 1 has a start time");
+    }
+
+    #[test]
+    fn noted_processes_are_recorded_only_when_persisted() {
+        let d = tempfile::tempdir().unwrap();
+        let recs = ProcRecords::open(d.path()).unwrap();
+        let me = std::process::id() as i32;
+        let file = d.path().join("procs").join(me.to_string());
+        recs.note(me);
+        assert!(!file.exists(), "a noted process has no file yet");
+        recs.persist(me);
+        assert!(file.exists(), "persist writes the record");
+        recs.remove(me);
+        assert!(!file.exists(), "remove unlinks a written record");
+        // Removed before persist: nothing is ever written.
+        recs.note(me);
+        recs.remove(me);
+        recs.persist(me);
+        assert!(!file.exists(), "persist after remove must not write");
     }
 
     #[test]

@@ -68,6 +68,10 @@ pub fn service_at(
 }
 
 /// Local minute of the day (service times are wall-clock times of the node).
+// The libc crate marks `time_t` deprecated on musl targets (the packages' build) only to
+// announce that its width will follow musl 1.2's 64-bit time_t; we hand it straight to
+// localtime_r, so either width is right.
+#[allow(deprecated)]
 fn local_minute() -> u32 {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

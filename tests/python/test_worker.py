@@ -15,6 +15,7 @@ import os
 import pickle
 import queue
 import shutil
+import signal
 import socket
 import ssl
 import struct
@@ -110,6 +111,22 @@ def process_gone(pid):
             return fd.read().rsplit(')', 1)[1].split()[0] == 'Z'
     except FileNotFoundError:
         return True
+
+
+def live_children(pid):
+    """Pids of the processes whose parent is `pid` and that still run."""
+    children = []
+    for entry in os.listdir('/proc'):
+        if not entry.isdigit():
+            continue
+        try:
+            with open('/proc/%s/stat' % entry) as fd:
+                fields = fd.read().rsplit(')', 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != 'Z':
+            children.append(int(entry))
+    return children
 
 
 def wait_until(predicate, timeout=5.0):
@@ -298,8 +315,10 @@ class JobTests(WorkerTestCase):
                                   'stdout': "out [1, 'two']\n", 'stderr': "err [1, 'two']\n",
                                   'exception': None})
         self.assertEqual(pickle.loads(blob), [1, 'two'])
-        # reaped before `done` was sent: no zombie left behind
-        self.assertTrue(process_gone(started[5]['pid']))
+        # `done` goes out as soon as the outcome is complete; the worker reaps the child
+        # right after: no zombie left behind
+        self.assertTrue(wait_until(lambda: not os.path.exists('/proc/%d' % started[5]['pid'])),
+                        'the job process was not reaped')
 
     def test_job_globals_and_cwd(self):
         worker = self.ready()
@@ -394,6 +413,33 @@ class JobTests(WorkerTestCase):
         self.assertTrue(process_gone(pid))
         self.assertTrue(wait_until(lambda: process_gone(sleep_pid)), 'sleep grandchild survived')
         self.assertEqual(worker.run_job('echo', 1)[1], 1)  # the worker carries on
+
+    def test_job_runs_in_the_child_forked_ahead(self):
+        # After setup the worker forks the next job's child while idle; a job takes it, and
+        # the worker forks the next one.
+        worker = self.ready()
+        wpid = worker.proc.pid
+        self.assertTrue(wait_until(lambda: len(live_children(wpid)) == 1),
+                        'no spare child: %r' % live_children(wpid))
+        spare = live_children(wpid)[0]
+        started, done = worker.run_jobs([job(1, 'echo', 'first')])
+        self.assertEqual(started[1]['pid'], spare)
+        self.assertEqual(pickle.loads(done[1][1]), 'first')
+        self.assertTrue(wait_until(lambda: process_gone(spare)))
+        self.assertTrue(wait_until(lambda: len(live_children(wpid)) == 1))
+        # A spare killed from outside is reaped and replaced; the next job still runs.
+        killed = live_children(wpid)[0]
+        os.kill(killed, signal.SIGKILL)
+        self.assertTrue(wait_until(lambda: not os.path.exists('/proc/%d' % killed)
+                                   and len(live_children(wpid)) == 1), 'spare not replaced')
+        self.assertEqual(worker.run_job('echo', 'second')[1], 'second')
+        # Close leaves no process behind.
+        self.assertTrue(wait_until(lambda: len(live_children(wpid)) == 1))
+        last = live_children(wpid)[0]
+        worker.send({'op': 'close'})
+        self.assertTrue(worker.expect('closed')[0]['ok'])
+        self.assertEqual(worker.proc.wait(5), 0)
+        self.assertTrue(wait_until(lambda: process_gone(last)), 'spare survived close')
 
     def test_held_job_runs_only_after_release(self):
         # With cgroups the daemon places a job in its cgroup between `started` and `release`:
