@@ -13,6 +13,7 @@ exec 3>&1 1>&2
 
 # debhelper brings dpkg-dev (dpkg-buildpackage); flock is util-linux (essential).
 ensure_debs debhelper lintian
+ensure_pkg_target
 DEB_VERSION=$(cd "$ROOT" && dpkg-parsechangelog -S Version)
 [ "${DEB_VERSION%-*}" = "$CRATE_VERSION" ] ||
 	die "debian/changelog is at $DEB_VERSION but Cargo.toml at $CRATE_VERSION: add a changelog entry (dch -v $CRATE_VERSION-1)"

@@ -565,6 +565,23 @@ fn deb_and_rpm_ship_the_same_binary() {
             .any(|l| l == format!("{deb_sum} /usr/bin/dispynode")),
         "the binaries differ: .deb {deb_sum}, .rpm:\n{rpm_sum}"
     );
+    // Static on purpose (packaging/README.md): no interpreter, no shared library.
+    let dir = unpack_deb(&p.deb);
+    let bin = dir.path().join("root/usr/bin/dispynode");
+    let headers = run("readelf", &["-lW", bin.to_str().unwrap()]);
+    assert!(
+        !headers.contains("INTERP"),
+        "the packaged binary has a dynamic loader:\n{headers}"
+    );
+    let dynamic = run("readelf", &["-dW", bin.to_str().unwrap()]);
+    assert!(
+        !dynamic.contains("(NEEDED)"),
+        "the packaged binary needs shared libraries:\n{dynamic}"
+    );
+    assert!(
+        dynamic.contains("PIE") && dynamic.contains("NOW"),
+        "the packaged binary must stay a static-pie with BIND_NOW:\n{dynamic}"
+    );
 }
 
 #[test]
