@@ -20,6 +20,7 @@ machine it ran on.  See bench/README.md for what every number means.
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -178,6 +179,18 @@ def raw_copies(args, mib, repeat=3):
     return out
 
 
+def floors(args):
+    """bench/floors.py: the least CPU a function job (fork + exit of the worker's Python) and a
+    program job (spawn + run of the script) cost here, whatever the node."""
+    python = args.our_python or shutil.which('python3', path='/usr/local/bin:/usr/bin:/bin')
+    try:
+        p = subprocess.run([sys.executable, os.path.join(benchlib.HERE, 'floors.py'), python],
+                           capture_output=True, text=True, timeout=300)
+        return json.loads(p.stdout.strip().splitlines()[-1])
+    except Exception as exc:
+        return {'error': repr(exc)}
+
+
 # ---------------------------------------------------------------- summary
 
 class Metric:
@@ -192,7 +205,7 @@ def ok_recs(runs, impl, workload):
             and r.get('result') and not r.get('error')]
 
 
-def summarize(runs, raws, params):
+def summarize(runs, raws, params, floor_runs=(), cores=2):
     """metric key -> {impl: {'median', 'min', 'max', 'n', 'values'}}"""
     vals = {}
 
@@ -233,6 +246,7 @@ def summarize(runs, raws, params):
             put('prog_client_util', impl, 100 * res['client_util'])
             nc = r.get('node_cpu') or {}
             put('prog_node_ms', impl, nc.get('tree_ms_per_job'))
+            put('prog_daemon_ms', impl, nc.get('daemon_ms_per_job'))
         for r in ok_recs(runs, impl, 'depends'):
             put('depends_mb_s', impl, r['result'].get('mb_per_s'))
             cu = r['result'].get('client_util')
@@ -256,6 +270,19 @@ def summarize(runs, raws, params):
         for raw in raws:
             if 'mb_per_s' in raw.get(mode, {}):
                 put('raw_' + mode, 'both', raw[mode]['mb_per_s'])
+    for f in floor_runs:
+        put('floor_fork_exit_ms', 'both', f.get('fork_exit_ms'))
+        put('floor_spawn_sh_ms', 'both', f.get('spawn_sh_ms'))
+    # The bounds of any node on these cores: the cores divided by the least CPU one job takes
+    # whatever the node does -- the client's own CPU per job (the lower of its two medians)
+    # plus the floor of the job's process -- a node that used no CPU at all would reach it.
+    fork_exit = median(vals.get('floor_fork_exit_ms', {}).get('both', []))
+    spawn_sh = median(vals.get('floor_spawn_sh_ms', {}).get('both', []))
+    for key, client, floor in (('jobs_bound', 'jobs_client_cpu_ms', fork_exit),
+                               ('prog_bound', 'prog_client_cpu_ms', spawn_sh)):
+        c = [median(v) for v in (vals.get(client) or {}).values()]
+        if c and floor is not None:
+            vals[key] = {'both': [cores * 1e3 / (min(c) + floor)]}
     out = {}
     for key, per in vals.items():
         out[key] = {impl: {'median': median(v), 'min': min(v), 'max': max(v), 'n': len(v),
@@ -290,6 +317,9 @@ METRICS = [
         Metric('jobs_foreign_cores', '  other load on the machine', 'cores', None, '%.2f'),
         Metric('peak_rss_mib', '  peak RSS, node process tree', 'MiB', 'lower', '%.1f'),
         Metric('peak_rss_daemon_mib', '  peak RSS, daemon alone', 'MiB', 'lower', '%.1f'),
+        Metric('floor_fork_exit_ms', 'floor: fork+exit of the worker Python', 'ms CPU', None, '%.2f'),
+        Metric('jobs_bound', 'bound, any node: cores/(client+floor)', 'jobs/s', None, '%.0f',
+               ('bound', 5, 'jobs_per_s')),
     ]),
     ('Sequential jobs (%(seq)d, submit -> result -> next)', [
         Metric('seq_median_ms', 'latency median', 'ms', 'lower', '%.2f', ('inv', 4)),
@@ -303,6 +333,10 @@ METRICS = [
         Metric('prog_client_cpu_ms', '  client CPU per job', 'ms', None, '%.2f'),
         Metric('prog_client_util', '  client CPU use (1 core = 100%%)', '%', None, '%.0f'),
         Metric('prog_node_ms', '  node CPU per job (tree)', 'ms', 'lower', '%.2f'),
+        Metric('prog_daemon_ms', '  node CPU per job: daemon', 'ms', 'lower', '%.2f'),
+        Metric('floor_spawn_sh_ms', 'floor: spawn+run of the script', 'ms CPU', None, '%.2f'),
+        Metric('prog_bound', 'bound, any node: cores/(client+floor)', 'jobs/s', None, '%.0f',
+               ('bound', 3, 'prog_per_s')),
     ]),
     ('Files (%(depends)d MiB)', [
         Metric('depends_mb_s', 'depends client->node', 'MB/s', 'higher', '%.0f', ('raw', 0.9)),
@@ -340,7 +374,16 @@ def render(summary, counts, machine, params, config, runs=()):
             per = summary.get(m.key) or {}
             if 'both' in per:
                 v = per['both']['median']
-                sec.append((m.label, m.unit, fmt(m, v), fmt(m, v), '', '', 'the limit' if m.key == 'raw_raw' else ''))
+                note = 'the limit' if m.key == 'raw_raw' else ''
+                if m.target and m.target[0] == 'bound':
+                    # Can any node reach the target here? Compare the target with the bound.
+                    _, times, key = m.target
+                    ref = ((summary.get(key) or {}).get('ref') or {}).get('median')
+                    if ref:
+                        note = '%gx ref = %.0f: %s' % (times, times * ref, 'below the bound' if
+                                                       times * ref <= v else 'ABOVE the bound')
+                shown_ref = fmt(m, v)
+                sec.append((m.label, m.unit, shown_ref, fmt(m, v), '', '', note))
                 continue
             ref = (per.get('ref') or {}).get('median')
             ours = (per.get('ours') or {}).get('median')
@@ -473,7 +516,11 @@ def main():
     log('machine: %s' % json.dumps(machine))
     runs, raws = [], []
     t_start = time.time()
+    floor_runs = []
     for rnd in range(rounds):
+        if 'jobs' in workloads or 'prog' in workloads:
+            floor_runs.append(floors(args))
+            log('round %d floors: %s' % (rnd, floor_runs[-1]))
         for wi, w in enumerate(workloads):
             order = impls if (rnd + wi) % 2 == 0 else impls[::-1]
             for impl in order:
@@ -485,10 +532,10 @@ def main():
                                                            for m in RAW_MODES if 'mb_per_s' in raw[m])))
     machine['loadavg_end'] = benchlib.loadavg()
     machine['bench_minutes'] = (time.time() - t_start) / 60
-    summary, counts = summarize(runs, raws, params)
+    summary, counts = summarize(runs, raws, params, floor_runs, args.cpus)
     table = render(summary, counts, machine, params, config, runs)
     doc = {'machine': machine, 'config': config, 'summary': summary, 'counts': counts,
-           'raw_copies': raws, 'runs': runs, 'table': table.splitlines()}
+           'raw_copies': raws, 'floors': floor_runs, 'runs': runs, 'table': table.splitlines()}
     with open(out_json, 'w') as fd:
         json.dump(doc, fd, indent=1, sort_keys=True)
     with open(out_json[:-5] + '.txt' if out_json.endswith('.json') else out_json + '.txt', 'w') as fd:

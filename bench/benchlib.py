@@ -257,8 +257,10 @@ def default_node_bin():
     env = os.environ.get('DISPYNODE_BIN')
     if env:
         return env
+    # The packages' binary (static, musl; packaging/lib.sh), which bench/run.sh builds.
     target = os.environ.get('CARGO_TARGET_DIR') or os.path.join(REPO, 'target')
-    return os.path.join(target, 'release', 'dispynode')
+    triple = os.environ.get('DISPYNODE_PKG_TARGET') or '%s-unknown-linux-musl' % os.uname().machine
+    return os.path.join(target, triple, 'release', 'dispynode')
 
 
 # ---------------------------------------------------------------- nodes

@@ -6,9 +6,10 @@
 #   bench/run.sh worker [worker_micro.py options]
 #
 # Makes (or reuses) a venv with dispy 4.15.2 -- $DISPY_VENV, default
-# target/dispy-venv like the tests -- builds our release binary with cargo
-# (honours CARGO_TARGET_DIR; DISPYNODE_BIN=path skips the build) and runs the
-# Python harness with the venv's interpreter.
+# target/dispy-venv like the tests -- builds our release binary with cargo for
+# the packages' target, as packaging/ does (honours CARGO_TARGET_DIR;
+# DISPYNODE_BIN=path skips the build) and runs the Python harness with the
+# venv's interpreter.
 set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -25,9 +26,9 @@ fi
 if [ -n "${DISPYNODE_BIN:-}" ]; then
     bin=$DISPYNODE_BIN
 else
-    echo "bench: cargo build --release" >&2
-    (cd "$repo" && cargo build --release --bin dispynode)
-    bin=${CARGO_TARGET_DIR:-$repo/target}/release/dispynode
+    # The binary the packages ship (static, musl: packaging/lib.sh), built the same way.
+    echo "bench: cargo build --release (the packages' target)" >&2
+    bin=$(bash -c '. "$1/packaging/lib.sh" && build_release >&2 && echo "$BIN"' sh "$repo")
 fi
 
 script=bench.py

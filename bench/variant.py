@@ -6,8 +6,8 @@
 Builds (unless --variant-bin is given) a copy of the repository whose
 runner/dispynode_job.py is patched in memory with one of worker_micro.py's
 variants (`inline`: jobs run in the worker itself, no fork per job -- the
-ceiling of anything that makes the job process cheaper; `early-done`,
-`prefork`, `prefork+early`, `gc-freeze`), into its own target directory
+ceiling of anything that makes the job process cheaper; `spare-after-done`,
+`gc-freeze`), into its own target directory
 (--target-dir, default target/bench-variants), then runs the 1000-job and the
 sequential workloads against both binaries, alternating, --rounds times.
 The repository itself is not changed.  Writes bench/results/variant-<name>.json.
@@ -46,10 +46,12 @@ def build_variant(variant, target_dir):
         fd.write(variants[variant])
     log('building the %s variant in %s (target %s)' % (variant, src_dir, target_dir))
     env = dict(os.environ, CARGO_TARGET_DIR=target_dir)
-    subprocess.run(['cargo', 'build', '--release', '--bin', 'dispynode'], cwd=src_dir, env=env,
-                   check=True, timeout=3600)
+    # Built like the packages' binary (packaging/lib.sh), which the benchmark measures.
+    out = subprocess.run(['bash', '-c', '. packaging/lib.sh && build_release >&2 && echo "$BIN"'],
+                         cwd=src_dir, env=env, check=True, timeout=3600, stdout=subprocess.PIPE,
+                         text=True).stdout.strip()
     subprocess.run(['rm', '-rf', src_dir], timeout=120)
-    return os.path.join(target_dir, 'release', 'dispynode')
+    return out
 
 
 def main():

@@ -8,16 +8,13 @@ function job costs in the worker, and what some changes would save.
 Variants are made by patching the worker's source in memory (the file is not
 changed):
 
-    as-is        the worker as it is: one fork per job
+    as-is        the worker as it is: one process per job, forked ahead while idle
     gc-freeze    gc.freeze() after setup, gc.disable() in the job child: fewer
                  copy-on-write faults (the collector no longer writes to every
                  object header of the worker's heap)
-    early-done   `done` is sent as soon as the child's result message is complete
-                 in its pipe, not after the child has exited and been reaped (its
-                 exit -- unmapping the address space -- leaves the critical path)
-    prefork      a spare child is forked ahead of time, when the worker is idle,
-                 and waits on a pipe for its job (fork leaves the critical path)
-    prefork+early   both
+    spare-after-done  the next job's child ("spare") is forked only once no job
+                 is running (or after 5 ms), instead of as soon as the worker is
+                 idle: the fork then never delays a running job's `done`
     inline       no process per job: the job runs in the worker itself.  Not a
                  proposal (no isolation), the lower bound of any process reuse
 
@@ -63,88 +60,11 @@ Worker._op_job = _inline_op_job
 '''
 
 
-EARLY = '''
-_orig_on_job_output = Worker._on_job_output
-_orig_finish = Worker._finish
-
-
-def _early_on_job_output(self, job):
-    _orig_on_job_output(self, job)
-    if not getattr(job, 'reported', False):
-        msg = job.output.pop()
-        if msg is not None:
-            reply, result = msg
-            header = {'ev': 'done', 'id': job.id}
-            header.update(reply)
-            job.reported = True
-            self.send(header, result)
-
-
-def _early_finish(self, job, wait_status, report=True):
-    _orig_finish(self, job, wait_status, report and not getattr(job, 'reported', False))
-
-
-Worker._on_job_output = _early_on_job_output
-Worker._finish = _early_finish
-'''
-
-PREFORK = '''
-def _pf_spawn(self):
-    for stream in (sys.stdout, sys.stderr):
-        stream.flush()
-    job_r, job_w = os.pipe()
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(read_fd)
-        os.close(job_w)
-        buf = FrameBuffer()
-        msg = None
-        while msg is None:
-            data = os.read(job_r, READ_SIZE)
-            if not data:
-                os._exit(0)
-            buf.feed(data)
-            msg = buf.pop()
-        os.close(job_r)
-        self._job_child(msg[0], msg[1], write_fd)
-    os.close(write_fd)
-    os.close(job_r)
-    self.spare = (pid, read_fd, job_w)
-
-
-def _pf_op_job(self, header, blob):
-    if self.user_globals is None:
-        self._send_not_started(header['id'], 'computation is not set up')
-        return
-    if getattr(self, 'spare', None) is None:
-        self._pf_spawn()
-    pid, read_fd, job_w = self.spare
-    self.spare = None
-    write_message(job_w, header, blob)
-    os.close(job_w)
-    os.set_blocking(read_fd, False)
-    job = RunningJob(header['id'], pid, read_fd)
-    self.jobs[pid] = job
-    self.selector.register(read_fd, selectors.EVENT_READ, lambda: self._on_job_output(job))
-    self.send({'ev': 'started', 'id': job.id, 'pid': pid})
-
-
-def _pf_run(self):
-    while True:
-        idle_fork = self.user_globals is not None and getattr(self, 'spare', None) is None
-        events = self.selector.select(0 if idle_fork else None)
-        if not events and idle_fork:
-            self._pf_spawn()
-            continue
-        for key, _ in events:
-            key.data()
-
-
-Worker._pf_spawn = _pf_spawn
-Worker._op_job = _pf_op_job
-Worker.run = _pf_run
-'''
+SPARE_LOOP = """            want_spare = self.user_globals is not None and self.spare is None
+            events = self.selector.select(0 if want_spare else None)"""
+SPARE_AFTER_DONE = """            want_spare = self.user_globals is not None and self.spare is None
+            busy = any(not j.reported for j in self.jobs.values())
+            events = self.selector.select((0.005 if busy else 0) if want_spare else None)"""
 
 
 def variants(src):
@@ -153,12 +73,13 @@ def variants(src):
         v = src.replace(SETUP_END, SETUP_END.replace('        return None', '        import gc\n        gc.freeze()\n        return None'))
         v = v.replace(CHILD_START, "            import gc\n            gc.disable()\n" + CHILD_START)
         out['gc-freeze'] = v
+    if SPARE_LOOP in src:
+        out['spare-after-done'] = src.replace(SPARE_LOOP, SPARE_AFTER_DONE)
     if MAIN in src:
         i = src.rindex(MAIN)
-        out['early-done'] = src[:i] + EARLY + src[i:]
-        out['prefork'] = src[:i] + PREFORK + src[i:]
-        out['prefork+early'] = src[:i] + PREFORK + EARLY + src[i:]
-        out['inline'] = src[:i] + INLINE + src[i:]
+        # No process per job, so no spare either.
+        out['inline'] = (src[:i] + INLINE + src[i:]).replace(
+            SPARE_LOOP, SPARE_LOOP.replace('self.spare is None', 'False'))
     return out
 
 

@@ -1,0 +1,83 @@
+#!/usr/bin/env python3
+"""What one job costs at the least on this machine, whatever the node: the
+floors bench.py divides into the cores to show the bound of each workload.
+
+    python3 bench/floors.py PYTHON [N]      -> one JSON line
+
+* fork_exit_ms: CPU (parent and child) of one fork + _exit of a Python process
+  that has loaded our worker (runner/dispynode_job.py, not run): the least a
+  function job costs when every job is a fresh process, as the protocol's
+  semantics (and the reference) require.  Measured with PYTHON, the
+  interpreter our node runs its worker with.
+* spawn_sh_ms: CPU of posix_spawn + run + exit of `/bin/sh script ARG`, the
+  2-line script of the program-jobs workload: the least a program job costs.
+"""
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+WORKER = os.path.join(HERE, os.pardir, 'runner', 'dispynode_job.py')
+
+FORK_EXIT = r'''
+import os, resource, sys, json
+src = open(sys.argv[1]).read()
+exec(compile(src, 'dispynode_job', 'exec'), {'__name__': 'dispynode_job'})
+n = int(sys.argv[2])
+def cpu(who):
+    r = resource.getrusage(who)
+    return r.ru_utime + r.ru_stime
+for _ in range(20):  # warm up
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+s0, c0 = cpu(resource.RUSAGE_SELF), cpu(resource.RUSAGE_CHILDREN)
+for _ in range(n):
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+s1, c1 = cpu(resource.RUSAGE_SELF), cpu(resource.RUSAGE_CHILDREN)
+print(json.dumps({'fork_exit_ms': ((s1 - s0) + (c1 - c0)) / n * 1e3}))
+'''
+
+SCRIPT = '#!/bin/sh\necho "program $1"\n'
+
+
+def spawn_sh(n):
+    with tempfile.TemporaryDirectory(prefix='dispynode-floor-') as d:
+        script = os.path.join(d, 'prog.sh')
+        with open(script, 'w') as fd:
+            fd.write(SCRIPT)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            actions = [(os.POSIX_SPAWN_DUP2, devnull, 1)]
+            c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            for i in range(n):
+                pid = os.posix_spawn('/bin/sh', ['/bin/sh', script, str(i)], {},
+                                     file_actions=actions)
+                os.waitpid(pid, 0)
+            c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        finally:
+            os.close(devnull)
+    used = (c1.ru_utime + c1.ru_stime) - (c0.ru_utime + c0.ru_stime)
+    return used / n * 1e3
+
+
+def main():
+    python = sys.argv[1] if len(sys.argv) > 1 else sys.executable
+    n = int(sys.argv[2]) if len(sys.argv) > 2 else 500
+    out = json.loads(subprocess.run([python, '-c', FORK_EXIT, WORKER, str(n)], check=True,
+                                    capture_output=True, text=True, timeout=300).stdout)
+    out['spawn_sh_ms'] = spawn_sh(n)
+    out['python'] = python
+    print(json.dumps(out))
+
+
+if __name__ == '__main__':
+    main()
