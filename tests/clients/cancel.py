@@ -66,7 +66,7 @@ if __name__ == '__main__':
     grandchild = '--grandchild' in sys.argv
     kw = {'setup': setup} if use_setup else {}
     c = common.cluster(compute, depends=[], **kw)
-    jobs = [c.submit(100, grandchild), c.submit(101, grandchild)]
+    jobs = [common.submit(c, 100, grandchild), common.submit(c, 101, grandchild)]
     held = []
     if common.REFERENCE:
         common.workaround('keeping cancelled jobs uids from being reused')
@@ -96,7 +96,7 @@ if __name__ == '__main__':
         common.check('grandchildren_gone', gone,
                      'still alive: %r' % [p[1] for p in pids if alive(p[1])])
     # CPU slots are free again: two more jobs run at once
-    more = [c.submit(1, False), c.submit(2, False)]
+    more = [common.submit(c, 1, False), common.submit(c, 2, False)]
     ok = all(common.wait_job(j, 60) for j in more)
     common.check('slots_freed', ok, [common.status_name(j.status) for j in more])
     common.check_eq('after_cancel_results', [j.result for j in more], [('done', 1), ('done', 2)])

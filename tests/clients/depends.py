@@ -67,9 +67,9 @@ if __name__ == '__main__':
 
     c = common.cluster(compute, depends=[Helper, helper_func, 'data.txt', 'sub/subdata.txt'],
                        dest_path=dest)
-    j1 = c.submit(1, dispy_job_depends=['jobdep.txt'])
+    j1 = common.submit(c, 1, dispy_job_depends=['jobdep.txt'])
     common.check('replied', common.wait_job(j1, 60), common.status_name(j1.status))
-    j2 = c.submit(2)
+    j2 = common.submit(c, 2)
     common.check('replied2', common.wait_job(j2, 60), common.status_name(j2.status))
     fin = common.status_name(dispy.DispyJob.Finished)
     common.check_eq('status', (common.status_name(j1.status), common.status_name(j2.status), j1.exception),

@@ -42,7 +42,7 @@ def line_in_code(func_and_deps, needle):
 
 if __name__ == '__main__':
     c = common.cluster(compute, depends=[helper])
-    j1, j3, j4 = c.submit(1), c.submit(3), c.submit(4)
+    j1, j3, j4 = common.submit(c, 1), common.submit(c, 3), common.submit(c, 4)
     ok = all(common.wait_job(j, 60) for j in (j1, j3, j4))
     common.check('replied', ok, 'statuses %s' % [common.status_name(j.status) for j in (j1, j3, j4)])
 
@@ -72,7 +72,7 @@ if __name__ == '__main__':
     common.check_eq('exc_nested_text', j4.exception, want4)
 
     # the node is still usable after exceptions
-    j5 = c.submit(5)
+    j5 = common.submit(c, 5)
     common.check('after_exc_replied', common.wait_job(j5, 60), common.status_name(j5.status))
     common.check_eq('after_exc_result', (common.status_name(j5.status), j5.result),
                     (common.status_name(dispy.DispyJob.Finished), 50))

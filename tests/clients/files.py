@@ -31,7 +31,7 @@ if __name__ == '__main__':
     if keep:
         kw['cleanup'] = False
     c = common.cluster(compute, depends=['data.txt'], **kw)
-    jobs = [c.submit(1), c.submit(2)]
+    jobs = [common.submit(c, 1), common.submit(c, 2)]
     ok = all(common.wait_job(j, 60) for j in jobs)
     common.check('replied', ok, [common.status_name(j.status) for j in jobs])
     fin = common.status_name(dispy.DispyJob.Finished)

@@ -23,7 +23,7 @@ def deep(depth):
 if __name__ == '__main__':
     depth = int(common.arg(2, '20000'))
     c = common.cluster(deep)
-    job = c.submit(depth)
+    job = common.submit(c, depth)
     common.check('replied', common.wait_job(job, 60), common.status_name(job.status))
     common.check_eq('finished', (common.status_name(job.status), job.exception),
                     (common.status_name(dispy.DispyJob.Finished), None))

@@ -16,7 +16,7 @@ if __name__ == '__main__':
     secret = common.arg(3, '')
     tag = common.arg(4, 'after')
     c = common.cluster(compute, secret=secret)
-    jobs = [c.submit(i, tag) for i in range(njobs)]
+    jobs = [common.submit(c, i, tag) for i in range(njobs)]
     done = [common.wait_job(j, 60) for j in jobs]
     common.check('replied', all(done), [common.status_name(j.status) for j in jobs])
     bad = [(i, common.status_name(j.status), j.exception) for i, j in enumerate(jobs)

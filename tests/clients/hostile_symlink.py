@@ -49,7 +49,7 @@ def plant(outside):
 
 def do_plant():
     c = common.cluster(plant, dest_path=DEST, cleanup=False)
-    job = c.submit(OUTSIDE)
+    job = common.submit(c, OUTSIDE)
     common.check('plant_replied', common.wait_job(job, 60), common.status_name(job.status))
     common.check_eq('plant_finished', (common.status_name(job.status), job.exception),
                     (common.status_name(dispy.DispyJob.Finished), None))

@@ -46,7 +46,7 @@ if __name__ == '__main__':
     njobs = int(opt('--jobs', '2'))
     c = lc.cluster_at(compute, port, client_port, depends=[], **kw)
     if expect == 'ok':
-        jobs = [c.submit(i) for i in range(1, njobs + 1)]
+        jobs = [common.submit(c, i) for i in range(1, njobs + 1)]
         replied = all(common.wait_job(j, 60) for j in jobs)
         common.check('replied', replied, [common.status_name(j.status) for j in jobs])
         got = [(common.status_name(j.status), j.result[0] if isinstance(j.result, tuple) else j.result)
@@ -62,7 +62,7 @@ if __name__ == '__main__':
             common.check_eq('node_cpus', nodes, [(lc.HOST, int(opt('--cpus')))])
         common.check('closed', common.close(c), 'close reported pending jobs')
     else:
-        job = c.submit(3)
+        job = common.submit(c, 3)
         finished = common.wait_job(job, float(opt('--wait', '15')))
         common.check('no_reply', not finished,
                      'job finished: %s %r' % (common.status_name(job.status), job.result))

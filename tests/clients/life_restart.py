@@ -42,9 +42,9 @@ if __name__ == '__main__':
     proxy = lc.ResultProxy(port - 1, mode='reject')
     lc.use_result_port(proxy.port)
     c = lc.cluster_at(compute, port, port - 1, depends=[])
-    job = c.submit(3, 1, '')
+    job = common.submit(c, 3, 1, '')
     if mode == 'clean':
-        long_job = c.submit(4, 100, token)
+        long_job = common.submit(c, 4, 100, token)
         running = common.wait_until(lambda: lc.with_token(token), 30, step=0.2)
         common.check('long_job_running', running, 'no process with %s' % token)
     attempted = proxy.wait_rejected(1, 40)

@@ -54,7 +54,7 @@ if __name__ == '__main__':
     proxy = lc.ResultProxy(port - 1, mode='reject')
     lc.use_result_port(proxy.port)
     c = lc.cluster_at(compute, port, port - 1, depends=[])
-    job = c.submit(7, 4)
+    job = common.submit(c, 7, 4)
     _job = job._dispy_job_
     uid, jhash = _job.uid, _job.hash
     running = common.wait_until(lambda: job.status == dispy.DispyJob.Running, 30)
@@ -130,7 +130,7 @@ if __name__ == '__main__':
     # result must not be pushed again
     if check_pending:
         proxy.set_mode('forward')
-        job2 = c.submit(8, 0)
+        job2 = common.submit(c, 8, 0)
         ok2 = common.wait_job(job2, 30)
         common.check('second_job', ok2 and job2.result == ('answer', 80),
                      '%s %r' % (common.status_name(job2.status), job2.result))

@@ -35,7 +35,7 @@ if __name__ == '__main__':
                                scheduler_host=lc.HOST,
                                dispy_port=port - 1, client_port=client_port, depends=[],
                                loglevel=common.loglevel())
-    jobs = [c.submit(i) for i in (1, 2, 3, 4)]
+    jobs = [common.submit(c, i) for i in (1, 2, 3, 4)]
     replied = all(common.wait_job(j, 60) for j in jobs)
     common.check('replied', replied, [common.status_name(j.status) for j in jobs])
     fin = common.status_name(dispy.DispyJob.Finished)

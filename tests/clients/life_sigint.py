@@ -31,7 +31,7 @@ if __name__ == '__main__':
     mode = common.arg(2, 'wait')
     token = '100.%s' % common.arg(3) if common.arg(3) else ''
     c = lc.cluster_at(compute, port, port - 1, depends=[])
-    job = c.submit(5, 4 if mode == 'wait' else 100, token)
+    job = common.submit(c, 5, 4 if mode == 'wait' else 100, token)
     running = common.wait_until(lambda: job.status == dispy.DispyJob.ProvisionalResult, 40)
     common.check('job_running', running, common.status_name(job.status))
     common.info('phase', 'running')

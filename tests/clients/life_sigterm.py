@@ -48,8 +48,8 @@ if __name__ == '__main__':
     os.chmod(prog, stat.S_IRWXU)
     c1 = lc.cluster_at(compute, port, port - 1, depends=[])
     c2 = lc.cluster_at(prog, port, port - 1)
-    j1 = c1.submit(tok1)
-    j2 = c2.submit(tok2)
+    j1 = common.submit(c1, tok1)
+    j2 = common.submit(c2, tok2)
     r1 = common.wait_until(lambda: j1.status == dispy.DispyJob.ProvisionalResult, 40)
     r2 = common.wait_until(lambda: len(lc.with_token(tok2)) >= 2 and lc.with_token(tok1), 40, step=0.2)
     common.check('jobs_running', r1 and r2,

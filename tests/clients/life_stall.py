@@ -22,8 +22,8 @@ if __name__ == '__main__':
     proxy = lc.ResultProxy(port - 1, mode='stall')
     lc.use_result_port(proxy.port)
     c = lc.cluster_at(compute, port, port - 1, depends=[])
-    small = c.submit(1, 10)
-    big = c.submit(2, 2 * 1024 * 1024)
+    small = common.submit(c, 1, 10)
+    big = common.submit(c, 2, 2 * 1024 * 1024)
     durations = proxy.wait_stalled(2, 40)
     common.info('stalled_seconds', ['%.1f' % d if d is not None else None for d in durations])
     common.check('deliveries_attempted', len(durations) >= 2,

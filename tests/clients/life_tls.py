@@ -30,7 +30,7 @@ if __name__ == '__main__':
     certfile = os.path.abspath(common.arg(2))
     keyfile = os.path.abspath(common.arg(3))
     c = lc.cluster_at(compute, port, port - 1, depends=[], certfile=certfile, keyfile=keyfile)
-    jobs = [c.submit(i) for i in (1, 2, 3)]
+    jobs = [common.submit(c, i) for i in (1, 2, 3)]
     replied = all(common.wait_job(j, 60) for j in jobs)
     common.check('replied', replied, [common.status_name(j.status) for j in jobs])
     fin = common.status_name(dispy.DispyJob.Finished)

@@ -36,7 +36,7 @@ if __name__ == '__main__':
     lc.use_result_port(proxy.port)
     kw = {'poll_interval': 5} if mode == 'poll' else {}
     c = lc.cluster_at(compute, port, port - 1, depends=[], **kw)
-    job = c.submit(4, 2)
+    job = common.submit(c, 4, 2)
     if mode != 'poll':
         attempted = proxy.wait_rejected(1, 40)
         common.check('delivery_attempted', attempted,
@@ -53,7 +53,7 @@ if __name__ == '__main__':
         if mode == 'timer':
             arrived = common.wait_job(job, 45)
         elif mode == 'next_reply':
-            job2 = c.submit(5, 0)
+            job2 = common.submit(c, 5, 0)
             ok2 = common.wait_job(job2, 30)
             common.check('second_job', ok2 and job2.result == ('answer', 50),
                          '%s %r' % (common.status_name(job2.status), job2.result))

@@ -20,7 +20,7 @@ def compute(n):
 if __name__ == '__main__':
     port = common.port()
     c = lc.cluster_at(compute, port, port - 1, depends=[])
-    job = c.submit(1)
+    job = common.submit(c, 1)
     ok = common.wait_job(job, 60)
     common.check('replied', ok and job.status == dispy.DispyJob.Finished,
                  '%s %r' % (common.status_name(job.status), job.result))

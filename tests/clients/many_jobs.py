@@ -20,7 +20,7 @@ if __name__ == '__main__':
     c = common.cluster(compute)
     jobs = []
     for i in range(njobs):
-        job = c.submit(i, k=3)
+        job = common.submit(c, i, k=3)
         job.id = i
         jobs.append(job)
     done = [common.wait_job(j, 60) for j in jobs]

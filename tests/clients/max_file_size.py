@@ -27,7 +27,7 @@ if __name__ == '__main__':
         with open('dep.bin', 'wb') as fd:
             fd.write(os.urandom(20000))
         c = common.cluster(compute, depends=['dep.bin'])
-        job = c.submit(10)
+        job = common.submit(c, 10)
         finished = common.wait_job(job, 10)
         common.check('no_reply', not finished, 'job finished: %s %r' % (common.status_name(job.status), job.result))
         common.check_eq('not_run', common.status_name(job.status), common.status_name(dispy.DispyJob.Created))
@@ -36,7 +36,7 @@ if __name__ == '__main__':
         with open('dep.bin', 'wb') as fd:
             fd.write(os.urandom(5000))
         c = common.cluster(compute, depends=['dep.bin'])
-        big, small = c.submit(20000), c.submit(5000)
+        big, small = common.submit(c, 20000), common.submit(c, 5000)
         ok = all(common.wait_job(j, 60) for j in (big, small))
         common.check('replied', ok, [common.status_name(j.status) for j in (big, small)])
         fin = common.status_name(dispy.DispyJob.Finished)

@@ -24,7 +24,7 @@ def compute(kind):
 
 if __name__ == '__main__':
     c = common.cluster(compute)
-    jobs = {k: c.submit(k) for k in ('lines', 'big', 'silent')}
+    jobs = {k: common.submit(c, k) for k in ('lines', 'big', 'silent')}
     ok = all(common.wait_job(j, 60) for j in jobs.values())
     common.check('replied', ok, {k: common.status_name(j.status) for k, j in jobs.items()})
     fin = common.status_name(dispy.DispyJob.Finished)

@@ -83,7 +83,7 @@ def main():
         fd.write(PROG)
     os.chmod('bg_sleeps.sh', 0o755)
     c = common.cluster(os.path.abspath('bg_sleeps.sh'))
-    job = c.submit(mark, '--setsid') if use_setsid else c.submit(mark)
+    job = common.submit(c, mark, '--setsid') if use_setsid else common.submit(c, mark)
     started = common.wait_until(lambda: len(sleeps(mark)) >= want, 60, step=0.1)
     found = sleeps(mark)
     common.info('sleep_pids', sorted(found))
@@ -112,7 +112,7 @@ def main():
             os.kill(pid, signal.SIGKILL)
         except OSError:
             pass
-    again = c.submit('normal')
+    again = common.submit(c, 'normal')
     ok = common.wait_job(again, 60)
     common.check('normal_job', ok and again.result == 0 and again.stdout == b'normal\n',
                  (common.status_name(again.status), again.result, again.stdout, again.stderr))

@@ -101,7 +101,7 @@ def main():
         with open(other['file'], 'w') as fd:
             fd.write(other['content'])
         cluster_b = common.cluster(hold, depends=[other['file']])
-        job_b = cluster_b.submit(other['file'], 120)
+        job_b = common.submit(cluster_b, other['file'], 120)
         running = common.wait_until(
             lambda: job_b.status == dispy.DispyJob.ProvisionalResult, 40)
         got = job_b.result if running else None
@@ -117,7 +117,7 @@ def main():
     jobs = []
     for name, kind, arg, want in spec['probes']:
         arg = arg.replace('{other_dir}', other_dir).replace('{other_pid}', other_pid)
-        jobs.append((name, kind, arg, want, cluster_a.submit(kind, arg)))
+        jobs.append((name, kind, arg, want, common.submit(cluster_a, kind, arg)))
     for name, kind, arg, want, job in jobs:
         if not common.wait_job(job, 60):
             common.check(name, False, 'no reply; status %s' % common.status_name(job.status))
@@ -135,7 +135,7 @@ def main():
         cluster_b.cancel(job_b)
         common.wait_job(job_b, 20)
 
-    normal = [cluster_a.submit('square', str(n)) for n in (3, 4)]
+    normal = [common.submit(cluster_a, 'square', str(n)) for n in (3, 4)]
     done = all(common.wait_job(j, 60) for j in normal)
     common.check('normal_job', done and [j.result for j in normal] == [9, 16],
                  [(common.status_name(j.status), j.result, j.exception) for j in normal])

@@ -28,7 +28,7 @@ def identity(fields):
 
 def main():
     c = common.cluster(identity)
-    job = c.submit(FIELDS)
+    job = common.submit(c, FIELDS)
     replied = common.wait_job(job, 60)
     common.check('replied', replied, common.status_name(job.status))
     common.check('status', job.status == dispy.DispyJob.Finished and isinstance(job.result, dict),

@@ -58,7 +58,7 @@ def work(kind, arg):
 
 
 def run(c, kind, arg, timeout=120):
-    job = c.submit(kind, arg)
+    job = common.submit(c, kind, arg)
     replied = common.wait_job(job, timeout)
     common.info('%s_job' % kind, '%s result=%r exception=%r' % (
         common.status_name(job.status), job.result, job.exception))
@@ -91,7 +91,7 @@ def main():
             for what in ('replied', 'status', 'reason'):
                 common.check('%s_%s' % (kind, what), False,
                              'not run: the job is not in a cgroup of its own')
-    normal = [c.submit('square', str(n)) for n in (5, 6)]
+    normal = [common.submit(c, 'square', str(n)) for n in (5, 6)]
     done = all(common.wait_job(j, 120) for j in normal)
     common.check('normal_job', done and [j.result for j in normal] == [25, 36],
                  [(common.status_name(j.status), j.result, j.exception) for j in normal])

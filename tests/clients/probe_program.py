@@ -37,7 +37,7 @@ def main():
         fd.write(PROG)
     os.chmod('probe_prog.sh', 0o755)
     c = common.cluster(os.path.abspath('probe_prog.sh'))
-    job = c.submit(token, *targets)
+    job = common.submit(c, token, *targets)
     replied = common.wait_job(job, 60)
     common.check('replied', replied, common.status_name(job.status))
     common.check_eq('status', common.status_name(job.status),
@@ -53,7 +53,7 @@ def main():
         hit = [ln for ln in lines if target in ln and 'Permission denied' in ln]
         common.check('denied_%d' % i, hit and 'WROTE %s' % target not in stdout,
                      'target %s: stdout %r stderr %r' % (target, stdout, stderr))
-    again = c.submit('normal')
+    again = common.submit(c, 'normal')
     ok = common.wait_job(again, 60)
     common.check('normal_job', ok and again.result == 0 and again.stdout == b'normal run\n',
                  (common.status_name(again.status), again.result, again.stdout, again.stderr))

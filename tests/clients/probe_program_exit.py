@@ -32,7 +32,7 @@ def main():
         fd.write(PROG)
     os.chmod('exit_bg.sh', 0o755)
     c = common.cluster(os.path.abspath('exit_bg.sh'))
-    job = c.submit(mark)
+    job = common.submit(c, mark)
     replied = common.wait_job(job, 60)
     common.info('sleep_pids_at_reply', sorted(sleeps(mark)))
     common.check('replied', replied, common.status_name(job.status))

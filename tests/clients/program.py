@@ -27,14 +27,14 @@ if __name__ == '__main__':
     with open('data.txt', 'w') as fd:
         fd.write('data for prog\n')
     c = common.cluster(os.path.abspath('prog.sh'), depends=['data.txt'])
-    j3 = c.submit(3, 'a b', 'c')
+    j3 = common.submit(c, 3, 'a b', 'c')
     if common.REFERENCE:
         # the reference starts programs after a process-wide os.chdir() in a
         # thread, racing with other jobs' chdir(): a program may run in the
         # wrong directory when two start at once (reference bug)
         common.workaround('program jobs one at a time')
         common.wait_job(j3, 60)
-    j0 = c.submit(0)
+    j0 = common.submit(c, 0)
     ok = all(common.wait_job(j, 60) for j in (j3, j0))
     common.check('replied', ok, [common.status_name(j.status) for j in (j3, j0)])
     fin = common.status_name(dispy.DispyJob.Finished)

@@ -31,7 +31,7 @@ def compute(n):
 
 if __name__ == '__main__':
     c = common.cluster(compute, depends=[])
-    job = c.submit(7)
+    job = common.submit(c, 7)
     seen = common.wait_until(lambda: job.status == dispy.DispyJob.ProvisionalResult, 40)
     common.check('provisional_status', seen, 'status %s' % common.status_name(job.status))
     common.check_eq('provisional_result', job.result, ('provisional', 7))

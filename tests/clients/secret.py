@@ -16,7 +16,7 @@ if __name__ == '__main__':
     secret = common.arg(2)
     expect = common.arg(3, 'ok')
     c = common.cluster(compute, depends=[], secret=secret)
-    job = c.submit(41)
+    job = common.submit(c, 41)
     if expect == 'ok':
         common.check('replied', common.wait_job(job, 60), common.status_name(job.status))
         common.check_eq('result', (common.status_name(job.status), job.result, job.exception),

@@ -27,7 +27,7 @@ def compute(size, name):
 if __name__ == '__main__':
     c = common.cluster(compute, depends=[])
     specs = [(2500000, 'big.bin'), (1024000, 'exact_chunk.bin'), (3000, os.path.join('outdir', 'small.bin'))]
-    jobs = [c.submit(size, name) for size, name in specs]
+    jobs = [common.submit(c, size, name) for size, name in specs]
     ok = all(common.wait_job(j, 60) for j in jobs)
     common.check('replied', ok, [common.status_name(j.status) for j in jobs])
     fin = common.status_name(dispy.DispyJob.Finished)

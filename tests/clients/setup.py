@@ -42,7 +42,7 @@ if __name__ == '__main__':
     token = common.arg(2, 'tok')
     c = common.cluster(compute, nodes=[common.node_alloc(setup_args=(10, token))],
                        depends=[], setup=setup, cleanup=cleanup)
-    jobs = [c.submit(i) for i in (1, 2, 3)]
+    jobs = [common.submit(c, i) for i in (1, 2, 3)]
     ok = all(common.wait_job(j, 60) for j in jobs)
     common.check('replied', ok, [common.status_name(j.status) for j in jobs])
     fin = common.status_name(dispy.DispyJob.Finished)

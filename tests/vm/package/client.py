@@ -54,7 +54,7 @@ def write_program(name, text):
 def jobs():
     uid, memory_max, pids_max = int(sys.argv[3]), sys.argv[4], sys.argv[5]
     c = common.cluster(compute)
-    job = c.submit(7)
+    job = common.submit(c, 7)
     common.check('function_replied', common.wait_job(job, 240), common.status_name(job.status))
     common.check_eq('function_finished', common.status_name(job.status),
                     common.status_name(dispy.DispyJob.Finished))
@@ -68,7 +68,7 @@ def jobs():
     common.check('function_closed', common.close(c), 'close reported pending jobs')
 
     c = common.cluster(write_program('package_prog.sh', PROGRAM))
-    job = c.submit('hello')
+    job = common.submit(c, 'hello')
     common.check('program_replied', common.wait_job(job, 240), common.status_name(job.status))
     stdout = (job.stdout or b'').decode(errors='replace')
     common.info('program_stdout', stdout)
@@ -81,7 +81,7 @@ def jobs():
 
 def long():
     c = common.cluster(write_program('package_long.sh', LONG))
-    c.submit()
+    common.submit(c)
     print('SUBMITTED', flush=True)
     time.sleep(3600)
 
