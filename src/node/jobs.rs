@@ -45,12 +45,7 @@ impl Node {
         while let Some(ev) = rx.recv().await {
             match ev {
                 JobEvent::Started { id, pid } => {
-                    self.procs.note(pid);
-                    let n = self.clone();
-                    tokio::spawn(async move {
-                        tokio::time::sleep(super::leftovers::RECORD_FUNCTION_JOBS_AFTER).await;
-                        n.procs.persist(pid);
-                    });
+                    self.record_job_process(pid);
                     let (comp_cg, worker) = {
                         let mut st = self.lock();
                         if let Some(j) = st.jobs.get_mut(&id) {
@@ -132,6 +127,20 @@ impl Node {
                 }
             }
         }
+    }
+
+    /// Records a job's process for `--clean` once it has run for a while: short jobs, most of
+    /// them, then cost no file I/O. Until then the process dies with us anyway: a function
+    /// job with its worker (which kills its jobs when its control stream ends), a program
+    /// job by the jail's parent-death signal; only what a program started in its first
+    /// second can outlive a crash of the daemon unrecorded.
+    fn record_job_process(self: &Arc<Self>, pid: i32) {
+        self.procs.note(pid);
+        let n = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(super::leftovers::RECORD_JOBS_AFTER).await;
+            n.procs.persist(pid);
+        });
     }
 
     pub(crate) async fn start_function_job(self: &Arc<Self>, id: u64, job: &Job) {
@@ -228,7 +237,7 @@ impl Node {
             j.cgroup = cgroup.clone();
         }
         if let Some(pid) = pid {
-            self.procs.add(pid);
+            self.record_job_process(pid);
         }
         let n = self.clone();
         let mut child = child;

@@ -84,11 +84,10 @@ pub struct ProcRecords {
     live: Mutex<HashMap<i32, bool>>,
 }
 
-/// How long a function job runs before its record is written. Function jobs die with their
-/// worker (it kills them when its control stream ends), so a record only matters for a
-/// job that outlives a worker killed with the daemon; short jobs, most of them, then cost
-/// no file I/O at all.
-pub const RECORD_FUNCTION_JOBS_AFTER: Duration = Duration::from_secs(1);
+/// How long a job runs before its record is written (see `Node::record_job_process`): the
+/// record matters for what outlives a crash of the daemon, which a job that ends within this
+/// time does not.
+pub const RECORD_JOBS_AFTER: Duration = Duration::from_secs(1);
 
 impl ProcRecords {
     pub fn open(state_dir: &Path) -> Result<ProcRecords, LeftoverError> {
