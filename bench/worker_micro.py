@@ -135,6 +135,15 @@ def job_msg(k):
              'code': None, 'args_len': len(args)}, args + kwargs)
 
 
+def proc_faults_cpu(pid):
+    """(minor faults, reaped children's minor faults, CPU s, reaped children's CPU s)."""
+    with open('/proc/%d/stat' % pid) as fd:
+        f = fd.read().rsplit(')', 1)[1].split()
+    tck = os.sysconf('SC_CLK_TCK')
+    return (int(f[7]), int(f[8]), (int(f[11]) + int(f[12])) / tck,
+            (int(f[13]) + int(f[14])) / tck)
+
+
 def measure(python, src, njobs):
     d = tempfile.mkdtemp(prefix='dispynode-bench-worker-')
     w = Drv(python, src, d)
@@ -149,15 +158,25 @@ def measure(python, src, njobs):
         h, _ = w.until('setup')
         assert h['ok'], h
         rss_kb = benchlib.vmrss_kb(w.p.pid)
-        # sequential
+        # sequential, with 1 ms between jobs (about the client's own time per job): the
+        # worker's own page faults and CPU per job, and its job processes'
         lat = []
-        for k in range(njobs // 2):
+        nseq = njobs // 2
+        s0 = proc_faults_cpu(w.p.pid)
+        for k in range(nseq):
             hdr, blob = job_msg(k)
             t = time.perf_counter()
             w.send(hdr, blob)
             h, res = w.until('done')
             lat.append((time.perf_counter() - t) * 1e3)
             assert h['status'] == 11 and pickle.loads(res) == k, (h, res)
+            time.sleep(0.001)
+        time.sleep(0.1)  # the last child reaped
+        s1 = proc_faults_cpu(w.p.pid)
+        own = {'worker_faults_per_job': (s1[0] - s0[0]) / nseq,
+               'worker_cpu_ms_per_job': (s1[2] - s0[2]) / nseq * 1e3,
+               'jobs_faults_per_job': (s1[1] - s0[1]) / nseq,
+               'jobs_cpu_ms_per_job': (s1[3] - s0[3]) / nseq * 1e3}
         # two in flight
         c0, t0 = w.cpu(), time.perf_counter()
         nxt, done = 0, 0
@@ -175,7 +194,7 @@ def measure(python, src, njobs):
         lat.sort()
         return {'seq_median_ms': statistics.median(lat), 'seq_p90_ms': lat[int(0.9 * len(lat)) - 1],
                 'pipelined_jobs_per_s': njobs / wall, 'cpu_ms_per_job': cpu / njobs * 1e3,
-                'worker_rss_kb': rss_kb}
+                'worker_rss_kb': rss_kb, **own}
     finally:
         w.close()
         subprocess.run(['rm', '-rf', d], timeout=30)
@@ -202,12 +221,14 @@ def main():
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, 'w') as fd:
         json.dump(doc, fd, indent=1, sort_keys=True)
-    print('%-14s %14s %11s %16s %13s %14s' % ('variant', 'seq median ms', 'seq p90 ms', '2-in-flight j/s',
-                                              'CPU ms/job', 'worker RSS KiB'))
+    print('%-16s %13s %10s %15s %10s %14s %22s %22s' % (
+        'variant', 'seq median ms', 'seq p90 ms', '2-in-flight j/s', 'CPU ms/job', 'worker RSS KiB',
+        'worker: faults, ms/job', 'jobs: faults, ms/job'))
     for name, s in summary.items():
-        print('%-14s %14.2f %11.2f %16.0f %13.2f %14d' % (name, s['seq_median_ms'], s['seq_p90_ms'],
-                                                        s['pipelined_jobs_per_s'], s['cpu_ms_per_job'],
-                                                        s['worker_rss_kb']))
+        print('%-16s %13.2f %10.2f %15.0f %10.2f %14d %12.0f %9.2f %12.0f %9.2f' % (
+            name, s['seq_median_ms'], s['seq_p90_ms'], s['pipelined_jobs_per_s'], s['cpu_ms_per_job'],
+            s['worker_rss_kb'], s['worker_faults_per_job'], s['worker_cpu_ms_per_job'],
+            s['jobs_faults_per_job'], s['jobs_cpu_ms_per_job']))
 
 
 if __name__ == '__main__':
