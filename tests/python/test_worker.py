@@ -415,31 +415,54 @@ class JobTests(WorkerTestCase):
         self.assertEqual(worker.run_job('echo', 1)[1], 1)  # the worker carries on
 
     def test_job_runs_in_the_child_forked_ahead(self):
-        # After setup the worker forks the next job's child while idle; a job takes it, and
-        # the worker forks the next one.
+        # After setup the worker forks a zygote, which forks the next job's child ahead; a job
+        # takes it, the zygote forks the next one, and the worker itself never forks again.
         worker = self.ready()
         wpid = worker.proc.pid
         self.assertTrue(wait_until(lambda: len(live_children(wpid)) == 1),
-                        'no spare child: %r' % live_children(wpid))
-        spare = live_children(wpid)[0]
+                        'no zygote: %r' % live_children(wpid))
+        zygote = live_children(wpid)[0]
+        self.assertTrue(wait_until(lambda: len(live_children(zygote)) == 1),
+                        'no spare: %r' % live_children(zygote))
+        spare = live_children(zygote)[0]
         started, done = worker.run_jobs([job(1, 'echo', 'first')])
         self.assertEqual(started[1]['pid'], spare)
         self.assertEqual(pickle.loads(done[1][1]), 'first')
-        self.assertTrue(wait_until(lambda: process_gone(spare)))
-        self.assertTrue(wait_until(lambda: len(live_children(wpid)) == 1))
+        self.assertTrue(wait_until(lambda: not os.path.exists('/proc/%d' % spare)),
+                        'the zygote did not reap the job process')
+        self.assertTrue(wait_until(lambda: len(live_children(zygote)) == 1))
+        self.assertEqual(live_children(wpid), [zygote])
         # A spare killed from outside is reaped and replaced; the next job still runs.
-        killed = live_children(wpid)[0]
+        killed = live_children(zygote)[0]
         os.kill(killed, signal.SIGKILL)
         self.assertTrue(wait_until(lambda: not os.path.exists('/proc/%d' % killed)
-                                   and len(live_children(wpid)) == 1), 'spare not replaced')
+                                   and len(live_children(zygote)) == 1), 'spare not replaced')
         self.assertEqual(worker.run_job('echo', 'second')[1], 'second')
         # Close leaves no process behind.
-        self.assertTrue(wait_until(lambda: len(live_children(wpid)) == 1))
-        last = live_children(wpid)[0]
+        self.assertTrue(wait_until(lambda: len(live_children(zygote)) == 1))
+        last = live_children(zygote)[0]
         worker.send({'op': 'close'})
         self.assertTrue(worker.expect('closed')[0]['ok'])
         self.assertEqual(worker.proc.wait(5), 0)
-        self.assertTrue(wait_until(lambda: process_gone(last)), 'spare survived close')
+        for pid in (zygote, last):
+            self.assertTrue(wait_until(lambda: process_gone(pid)), '%d survived close' % pid)
+
+    def test_jobs_run_when_the_zygote_is_killed(self):
+        # Without its zygote the worker forks job processes itself; a job running when the
+        # zygote died still reports its outcome.
+        worker = self.ready()
+        wpid = worker.proc.pid
+        self.assertTrue(wait_until(lambda: len(live_children(wpid)) == 1))
+        zygote = live_children(wpid)[0]
+        header, blob = job(1, 'window', 0.5)
+        worker.send(header, blob)
+        worker.expect('started')
+        os.kill(zygote, signal.SIGKILL)
+        done, _ = worker.expect('done')
+        self.assertEqual(done['status'], 11)
+        self.assertEqual(worker.run_job('echo', 'after')[1], 'after')
+        self.assertTrue(wait_until(lambda: not os.path.exists('/proc/%d' % zygote)),
+                        'the dead zygote was not reaped')
 
     def test_held_job_runs_only_after_release(self):
         # With cgroups the daemon places a job in its cgroup between `started` and `release`:
