@@ -8,13 +8,12 @@ function job costs in the worker, and what some changes would save.
 Variants are made by patching the worker's source in memory (the file is not
 changed):
 
-    as-is        the worker as it is: one process per job, forked ahead while idle
+    as-is        the worker as it is: one process per job, forked ahead by the zygote
     gc-freeze    gc.freeze() after setup, gc.disable() in the job child: fewer
                  copy-on-write faults (the collector no longer writes to every
                  object header of the worker's heap)
-    spare-after-done  the next job's child ("spare") is forked only once no job
-                 is running (or after 5 ms), instead of as soon as the worker is
-                 idle: the fork then never delays a running job's `done`
+    no-zygote    the worker forks the spares itself, when idle (the design before
+                 the zygote): it then takes the copy-on-write faults of every fork
     inline       no process per job: the job runs in the worker itself.  Not a
                  proposal (no isolation), the lower bound of any process reuse
 
@@ -60,11 +59,7 @@ Worker._op_job = _inline_op_job
 '''
 
 
-SPARE_LOOP = """            want_spare = self.user_globals is not None and self.spare is None
-            events = self.selector.select(0 if want_spare else None)"""
-SPARE_AFTER_DONE = """            want_spare = self.user_globals is not None and self.spare is None
-            busy = any(not j.reported for j in self.jobs.values())
-            events = self.selector.select((0.005 if busy else 0) if want_spare else None)"""
+START_ZYGOTE = "            self._start_zygote()\n"
 
 
 def variants(src):
@@ -73,13 +68,13 @@ def variants(src):
         v = src.replace(SETUP_END, SETUP_END.replace('        return None', '        import gc\n        gc.freeze()\n        return None'))
         v = v.replace(CHILD_START, "            import gc\n            gc.disable()\n" + CHILD_START)
         out['gc-freeze'] = v
-    if SPARE_LOOP in src:
-        out['spare-after-done'] = src.replace(SPARE_LOOP, SPARE_AFTER_DONE)
+    if START_ZYGOTE in src:
+        out['no-zygote'] = src.replace(START_ZYGOTE, '')
     if MAIN in src:
         i = src.rindex(MAIN)
-        # No process per job, so no spare either.
-        out['inline'] = (src[:i] + INLINE + src[i:]).replace(
-            SPARE_LOOP, SPARE_LOOP.replace('self.spare is None', 'False'))
+        # No process per job, so no zygote and no spare either.
+        out['inline'] = (src[:i] + INLINE + src[i:]).replace(START_ZYGOTE, '').replace(
+            'and self.zygote is None)', 'and False)')
     return out
 
 
@@ -112,8 +107,9 @@ class Drv:
                 return h, blob
 
     def cpu(self):
-        st = benchlib.read_stat(self.p.pid)
-        return st[1] + st[2]
+        """CPU s of the worker, its zygote and every job process they reaped."""
+        f = tree_faults_cpu(self.p.pid)
+        return f['worker_cpu'] + f['zygote_cpu'] + f['jobs_cpu']
 
     def close(self):
         try:
@@ -135,13 +131,33 @@ def job_msg(k):
              'code': None, 'args_len': len(args)}, args + kwargs)
 
 
-def proc_faults_cpu(pid):
-    """(minor faults, reaped children's minor faults, CPU s, reaped children's CPU s)."""
+def _faults_cpu(pid):
+    """(minor faults, reaped children's, CPU s, reaped children's) of a live process."""
     with open('/proc/%d/stat' % pid) as fd:
         f = fd.read().rsplit(')', 1)[1].split()
     tck = os.sysconf('SC_CLK_TCK')
     return (int(f[7]), int(f[8]), (int(f[11]) + int(f[12])) / tck,
             (int(f[13]) + int(f[14])) / tck)
+
+
+def tree_faults_cpu(pid):
+    """Page faults and CPU of the worker itself, of its zygote (the live child that has
+    children of its own, if any) and of the job processes either of them reaped."""
+    w = _faults_cpu(pid)
+    out = {'worker_faults': w[0], 'worker_cpu': w[2], 'zygote_faults': 0, 'zygote_cpu': 0.0,
+           'jobs_faults': w[1], 'jobs_cpu': w[3]}
+    table = benchlib.proc_table()
+    for child, info in table.items():
+        if info[0] == pid and any(v[0] == child for v in table.values()):
+            try:
+                z = _faults_cpu(child)
+            except OSError:
+                continue
+            out['zygote_faults'] += z[0]
+            out['zygote_cpu'] += z[2]
+            out['jobs_faults'] += z[1]
+            out['jobs_cpu'] += z[3]
+    return out
 
 
 def measure(python, src, njobs):
@@ -162,7 +178,7 @@ def measure(python, src, njobs):
         # worker's own page faults and CPU per job, and its job processes'
         lat = []
         nseq = njobs // 2
-        s0 = proc_faults_cpu(w.p.pid)
+        s0 = tree_faults_cpu(w.p.pid)
         for k in range(nseq):
             hdr, blob = job_msg(k)
             t = time.perf_counter()
@@ -172,11 +188,11 @@ def measure(python, src, njobs):
             assert h['status'] == 11 and pickle.loads(res) == k, (h, res)
             time.sleep(0.001)
         time.sleep(0.1)  # the last child reaped
-        s1 = proc_faults_cpu(w.p.pid)
-        own = {'worker_faults_per_job': (s1[0] - s0[0]) / nseq,
-               'worker_cpu_ms_per_job': (s1[2] - s0[2]) / nseq * 1e3,
-               'jobs_faults_per_job': (s1[1] - s0[1]) / nseq,
-               'jobs_cpu_ms_per_job': (s1[3] - s0[3]) / nseq * 1e3}
+        s1 = tree_faults_cpu(w.p.pid)
+        own = {}
+        for who in ('worker', 'zygote', 'jobs'):
+            own['%s_faults_per_job' % who] = (s1[who + '_faults'] - s0[who + '_faults']) / nseq
+            own['%s_cpu_ms_per_job' % who] = (s1[who + '_cpu'] - s0[who + '_cpu']) / nseq * 1e3
         # two in flight
         c0, t0 = w.cpu(), time.perf_counter()
         nxt, done = 0, 0
@@ -221,13 +237,14 @@ def main():
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, 'w') as fd:
         json.dump(doc, fd, indent=1, sort_keys=True)
-    print('%-16s %13s %10s %15s %10s %14s %22s %22s' % (
+    print('%-16s %13s %10s %15s %10s %14s %22s %22s %22s' % (
         'variant', 'seq median ms', 'seq p90 ms', '2-in-flight j/s', 'CPU ms/job', 'worker RSS KiB',
-        'worker: faults, ms/job', 'jobs: faults, ms/job'))
+        'worker: faults, ms/job', 'zygote: faults, ms/job', 'jobs: faults, ms/job'))
     for name, s in summary.items():
-        print('%-16s %13.2f %10.2f %15.0f %10.2f %14d %12.0f %9.2f %12.0f %9.2f' % (
+        print('%-16s %13.2f %10.2f %15.0f %10.2f %14d %12.0f %9.2f %12.0f %9.2f %12.0f %9.2f' % (
             name, s['seq_median_ms'], s['seq_p90_ms'], s['pipelined_jobs_per_s'], s['cpu_ms_per_job'],
             s['worker_rss_kb'], s['worker_faults_per_job'], s['worker_cpu_ms_per_job'],
+            s['zygote_faults_per_job'], s['zygote_cpu_ms_per_job'],
             s['jobs_faults_per_job'], s['jobs_cpu_ms_per_job']))
 
 
