@@ -717,16 +717,23 @@ class Worker:
                 os.close(self.spare.result_fd)
                 self.spare = None
 
+    def _zygote_recv(self):
+        """The zygote's next message; None when none is waiting or the zygote is gone (then
+        ``self.zygote`` is None)."""
+        try:
+            msg = self.zygote.recv()
+        except BlockingIOError:
+            return None
+        except OSError:
+            msg = None
+        if msg is None:
+            self._zygote_gone()
+        return msg
+
     def _on_zygote(self):
         while self.zygote is not None:
-            try:
-                msg = self.zygote.recv()
-            except BlockingIOError:
-                return
-            except OSError:
-                msg = None
+            msg = self._zygote_recv()
             if msg is None:
-                self._zygote_gone()
                 return
             self._zygote_message(msg)
 
@@ -740,16 +747,9 @@ class Worker:
             ready, _, _ = select.select([self.zygote.sock], [], [], left)
             if not ready:
                 return
-            try:
-                msg = self.zygote.recv()
-            except BlockingIOError:
-                continue
-            except OSError:
-                msg = None
-            if msg is None:
-                self._zygote_gone()
-                return
-            self._zygote_message(msg, exits)
+            msg = self._zygote_recv()
+            if msg is not None:
+                self._zygote_message(msg, exits)
 
     def _zygote_spare(self, timeout):
         """The zygote's next spare (it forks one as soon as the last was taken)."""
