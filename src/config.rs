@@ -316,7 +316,8 @@ struct Cli {
         short = 'p',
         long = "node_port",
         visible_alias = "node-port",
-        value_name = "N"
+        value_name = "N",
+        allow_negative_numbers = true
     )]
     node_port: Option<u16>,
 
@@ -360,7 +361,8 @@ struct Cli {
     #[arg(
         long = "scheduler_port",
         visible_alias = "scheduler-port",
-        value_name = "N"
+        value_name = "N",
+        allow_negative_numbers = true
     )]
     scheduler_port: Option<u16>,
 
@@ -377,6 +379,7 @@ struct Cli {
         long = "max_file_size",
         visible_alias = "max-file-size",
         value_name = "SIZE",
+        allow_negative_numbers = true,
         value_parser = parse_size
     )]
     max_file_size: Option<u64>,
@@ -385,7 +388,8 @@ struct Cli {
     #[arg(
         long = "zombie_interval",
         visible_alias = "zombie-interval",
-        value_name = "MIN"
+        value_name = "MIN",
+        allow_negative_numbers = true
     )]
     zombie_interval: Option<u64>,
 
@@ -447,6 +451,7 @@ struct Cli {
         long = "job_memory_max",
         visible_alias = "job-memory-max",
         value_name = "SIZE",
+        allow_negative_numbers = true,
         value_parser = parse_size
     )]
     job_memory_max: Option<u64>,
@@ -455,7 +460,8 @@ struct Cli {
     #[arg(
         long = "job_pids_max",
         visible_alias = "job-pids-max",
-        value_name = "N"
+        value_name = "N",
+        allow_negative_numbers = true
     )]
     job_pids_max: Option<u64>,
 
@@ -463,7 +469,8 @@ struct Cli {
     #[arg(
         long = "job_cpu_max",
         visible_alias = "job-cpu-max",
-        value_name = "PERCENT"
+        value_name = "PERCENT",
+        allow_negative_numbers = true
     )]
     job_cpu_max: Option<u32>,
 }
@@ -1455,6 +1462,33 @@ mod tests {
         match e {
             ConfigError::Clap(c) => c.kind(),
             other => panic!("expected a clap error, got {other:?}"),
+        }
+    }
+
+    /// A negative number given to an option that takes none is reported as that option's
+    /// bad value, not as an unknown flag `-1` (clap's default, which names no option).
+    #[test]
+    fn negative_numbers_are_bad_values_of_their_option() {
+        for option in [
+            "node_port",
+            "scheduler_port",
+            "max_file_size",
+            "zombie_interval",
+            "job_memory_max",
+            "job_pids_max",
+            "job_cpu_max",
+        ] {
+            let e = err(&[&format!("--{option}"), "-1"]);
+            let text = e.to_string();
+            assert!(
+                text.contains(&format!("--{option}")),
+                "--{option} -1: the error does not name the option: {text}"
+            );
+            assert_ne!(
+                clap_kind(&e),
+                clap::error::ErrorKind::UnknownArgument,
+                "--{option} -1 taken for a flag: {text}"
+            );
         }
     }
 
