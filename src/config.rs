@@ -772,7 +772,8 @@ impl Config {
         format!(
             "# dispynode configuration written by `dispynode --save_config`.\n\
              # Use it with `dispynode --config FILE`; options on the command line override it.\n\
-             # Options that are not set are not listed.\n\n{body}"
+             # Every option is listed with the value the node used (defaults included), except\n\
+             # those that had none (no certificate, no scheduler, ...).\n\n{body}"
         )
     }
 }
