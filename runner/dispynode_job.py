@@ -342,14 +342,18 @@ class Spare:
         self.result_fd = result_fd
         self.zygote = zygote  # the zygote's child (it reaps it), not ours
 
-    def discard(self):
-        """EOF on its job pipe makes the spare exit; kill and reap it anyway, so that no
-        process outlives its use (the zygote reaps its own)."""
+    def close(self):
+        """Close our ends of its pipes."""
         for fd in (self.job_w, self.result_fd):
             try:
                 os.close(fd)
             except OSError:
                 pass
+
+    def discard(self):
+        """EOF on its job pipe makes the spare exit; kill and reap it anyway, so that no
+        process outlives its use (the zygote reaps its own)."""
+        self.close()
         try:
             os.kill(self.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
@@ -395,6 +399,16 @@ class Zygote:
             pid, status = _ZEXIT.unpack_from(msg, 1)
             return 'x', pid, status, []
         return '?', 0, None, []
+
+
+def _kill_group(pid):
+    """SIGKILL to a job process and its group: the group takes the job's descendants, the pid
+    itself covers the instant before the child's setsid()."""
+    for kill, target in ((os.killpg, pid), (os.kill, pid)):
+        try:
+            kill(target, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 def _describe_exit(wait_status):
@@ -653,13 +667,11 @@ class Worker:
         self.zygote = Zygote(pid, ours)
         self.selector.register(ours.fileno(), selectors.EVENT_READ, self._on_zygote)
 
-    def _stop_zygote(self):
-        """EOF on its socket makes the zygote kill and reap its children and exit."""
-        if self.zygote is None:
-            return
+    def _stop_zygote(self, report=True):
+        """Kill the jobs the zygote forked and collect their exits (an orphan of a dead
+        zygote has none), then close its socket: EOF makes it reap what is left and exit."""
         if self.spare is not None and self.spare.zygote:
             self._discard_spare()
-        # Jobs still running end with it: collect their exits first (none after _kill_all).
         running = [job for job in self.jobs.values() if job.zygote]
         for job in running:
             self._kill(job)
@@ -667,7 +679,9 @@ class Worker:
         self._zygote_wait(lambda: {job.pid for job in running} <= set(exits), 10, exits)
         for job in running:
             if job.pid in self.jobs:
-                self._finish(job, exits.get(job.pid))
+                self._finish(job, exits.get(job.pid), report)
+        if self.zygote is None:
+            return
         zygote, self.zygote = self.zygote, None
         self.selector.unregister(zygote.sock.fileno())
         zygote.sock.close()
@@ -713,8 +727,7 @@ class Worker:
             elif pid in self.jobs and self.jobs[pid].zygote:
                 self._finish(self.jobs[pid], status)
             elif self.spare is not None and self.spare.pid == pid:
-                os.close(self.spare.job_w)
-                os.close(self.spare.result_fd)
+                self.spare.close()
                 self.spare = None
 
     def _zygote_recv(self):
@@ -784,11 +797,7 @@ class Worker:
                 pass
             # The worker is gone: so are its jobs.
             for pid in children:
-                for kill, target in ((os.killpg, pid), (os.kill, pid)):
-                    try:
-                        kill(target, signal.SIGKILL)
-                    except (ProcessLookupError, PermissionError):
-                        pass
+                _kill_group(pid)
             for pid in children:
                 try:
                     os.waitpid(pid, 0)
@@ -1025,8 +1034,7 @@ class Worker:
             except ChildProcessError:
                 gone = True
             if gone:
-                os.close(self.spare.job_w)
-                os.close(self.spare.result_fd)
+                self.spare.close()
                 self.spare = None
 
     def _finish(self, job, wait_status, report=True):
@@ -1048,34 +1056,22 @@ class Worker:
 
     @staticmethod
     def _kill(job):
-        # The group takes the job's descendants; the pid itself covers the
-        # instant before the child's setsid().  The child is not reaped yet,
-        # so neither id can have been reused.
-        for kill, target in ((os.killpg, job.pid), (os.kill, job.pid)):
-            try:
-                kill(target, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+        # The job is still in self.jobs, so not reaped (its exit not reported): neither id can
+        # have been reused.
+        _kill_group(job.pid)
 
     def _kill_all(self, report):
         self._discard_spare()
-        jobs = list(self.jobs.values())
-        for job in jobs:
+        own = [job for job in self.jobs.values() if not job.zygote]
+        for job in own:
             self._kill(job)
-        exits = {}
-        pending = {job.pid for job in jobs if job.zygote}
-        self._zygote_wait(lambda: pending <= set(exits), 10, exits)
-        for job in jobs:
-            if job.zygote:
-                wait_status = exits.get(job.pid)
-            else:
-                try:
-                    wait_status = os.waitpid(job.pid, 0)[1]
-                except ChildProcessError:
-                    wait_status = None
-            if job.pid in self.jobs:
-                self._finish(job, wait_status, report)
-        self._stop_zygote()
+        for job in own:
+            try:
+                wait_status = os.waitpid(job.pid, 0)[1]
+            except ChildProcessError:
+                wait_status = None
+            self._finish(job, wait_status, report)
+        self._stop_zygote(report)
 
     def abort(self, exit_code=0):
         """The daemon is gone (or the worker broke): kill and reap the jobs,

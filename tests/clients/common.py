@@ -122,6 +122,14 @@ def submit(c, *args, **kwargs):
     return job
 
 
+def check_normal_program_job(c, arg, stdout):
+    """After the probes, a plain program job still runs (check `normal_job`)."""
+    again = submit(c, arg)
+    ok = wait_job(again, 60)
+    check('normal_job', ok and again.result == 0 and again.stdout == stdout,
+          (status_name(again.status), again.result, again.stdout, again.stderr))
+
+
 def node_alloc(**kwargs):
     return dispy.NodeAllocate(NODE_HOST, port=port(), **kwargs)
 

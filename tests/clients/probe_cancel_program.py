@@ -112,10 +112,7 @@ def main():
             os.kill(pid, signal.SIGKILL)
         except OSError:
             pass
-    again = common.submit(c, 'normal')
-    ok = common.wait_job(again, 60)
-    common.check('normal_job', ok and again.result == 0 and again.stdout == b'normal\n',
-                 (common.status_name(again.status), again.result, again.stdout, again.stderr))
+    common.check_normal_program_job(c, 'normal', b'normal\n')
     common.check('closed', common.close(c), 'close reported pending jobs')
     common.finish()
 

@@ -53,10 +53,7 @@ def main():
         hit = [ln for ln in lines if target in ln and 'Permission denied' in ln]
         common.check('denied_%d' % i, hit and 'WROTE %s' % target not in stdout,
                      'target %s: stdout %r stderr %r' % (target, stdout, stderr))
-    again = common.submit(c, 'normal')
-    ok = common.wait_job(again, 60)
-    common.check('normal_job', ok and again.result == 0 and again.stdout == b'normal run\n',
-                 (common.status_name(again.status), again.result, again.stdout, again.stderr))
+    common.check_normal_program_job(c, 'normal', b'normal run\n')
     common.check('closed', common.close(c), 'close reported pending jobs')
     common.finish()
 
