@@ -40,7 +40,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
+    // One runtime thread: the daemon spends ~0.3 ms CPU per job, and every hand-off between
+    // two runtime threads is a futex wake-up, which on a VM costs more than the work itself
+    // (sequential latency 2.41 -> 2.04 ms, bench/README.md). Blocking work goes to
+    // spawn_blocking.
+    let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

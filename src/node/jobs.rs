@@ -615,25 +615,33 @@ impl Node {
             super::spawning::retire_computation_cgroup(cg).await;
         }
         let shared = self.lock().computations.values().any(|o| o.dir == c.dir);
-        if !shared {
-            // The jobs' private TMPDIR is ours, whatever the client's cleanup setting.
-            let _ = store::remove_tree(&c.dir.join(".tmp"));
-        }
-        if c.compute.cleanup.removes_files() {
-            if shared {
-                remove_files(&c.dir, &c.file_uses.keys().cloned().collect::<Vec<_>>());
-            } else if let Err(e) = store::remove_tree(&c.dir) {
-                tracing::warn!(computation = compute_id, dir = %c.dir.display(), error = %e, "could not remove the computation's files");
+        let removes_files = c.compute.cleanup.removes_files();
+        let files: Vec<PathBuf> = c.file_uses.keys().cloned().collect();
+        let dir = c.dir.clone();
+        let prefix = self.cfg.dest_path_prefix.clone();
+        let sched_dir = prefix.join(&c.compute.scheduler_ip_addr);
+        // A large tree takes a while to remove: not on the runtime's only thread.
+        let _ = tokio::task::spawn_blocking(move || {
+            if !shared {
+                // The jobs' private TMPDIR is ours, whatever the client's cleanup setting.
+                let _ = store::remove_tree(&dir.join(".tmp"));
             }
-            if let Some(parent) = c.dir.parent() {
-                if parent.starts_with(&self.cfg.dest_path_prefix)
-                    && parent != self.cfg.dest_path_prefix
-                {
+            if !removes_files {
+                return;
+            }
+            if shared {
+                remove_files(&dir, &files);
+            } else if let Err(e) = store::remove_tree(&dir) {
+                tracing::warn!(computation = compute_id, dir = %dir.display(), error = %e, "could not remove the computation's files");
+            }
+            if let Some(parent) = dir.parent() {
+                if parent.starts_with(&prefix) && parent != prefix {
                     store::remove_if_empty(parent);
                 }
             }
-            store::remove_if_empty(&self.cfg.dest_path_prefix.join(&c.compute.scheduler_ip_addr));
-        }
+            store::remove_if_empty(&sched_dir);
+        })
+        .await;
         tracing::info!(computation = compute_id, name = %c.compute.name, "computation closed");
         let (free, sched, stop) = {
             let mut st = self.lock();
