@@ -18,10 +18,14 @@ quiet copy of the worker made once after setup, so that the worker itself never
 forks (a fork write-protects the forking process's memory: every page the
 worker touched afterwards would be copied, about 200 faults and 1 ms of CPU
 per job).
-Each child sends its outcome back over its own pipe and the worker turns it
-into a ``done`` message as soon as the outcome is complete (the child's exit
-and reaping happen off the job's critical path), or once the child has been
-reaped if it sent none.
+A child whose ``done`` message fits in one atomic pipe write (PIPE_BUF bytes:
+small results and output) writes it to the daemon's stream itself, one hop
+less on the job's way back; every writer of that stream holds a POSIX lock
+on a private memfd for the whole message, so the worker's longer messages are
+never split by a child's.  The child then tells the worker on its own pipe.
+Larger outcomes go over that pipe, and the worker sends the ``done`` as soon
+as the outcome is complete (the child's exit and reaping happen off the job's
+critical path), or once the child has been reaped if it sent none.
 
 Jobs talk to the client directly for ``dispy_provisional_result`` and
 ``dispy_send_file``: the wire format there is dispy's (framed pickles of
@@ -32,6 +36,7 @@ Standard library only, Python 3.7+, single-threaded (it forks).
 """
 
 import array
+import fcntl
 import io
 import json
 import linecache
@@ -68,12 +73,44 @@ def write_all(fd, data):
         view = view[os.write(fd, view):]
 
 
-def write_message(fd, header, blob=b''):
-    """Send one framed message.  Invalid UTF-8 (lone surrogates in captured
-    output) is replaced, because the Rust side requires valid UTF-8 JSON."""
+def frame_head(header, blob_len):
+    """Length, JSON header and blob length of one framed message.  Invalid UTF-8
+    (lone surrogates in captured output) is replaced, because the Rust side requires
+    valid UTF-8 JSON."""
     text = json.dumps(header, ensure_ascii=False).encode('utf-8', 'replace')
-    write_all(fd, _LEN.pack(len(text)) + text + _LEN.pack(len(blob)))
+    return _LEN.pack(len(text)) + text + _LEN.pack(blob_len)
+
+
+def write_message(fd, header, blob=b''):
+    """Send one framed message."""
+    write_all(fd, frame_head(header, len(blob)))
     write_all(fd, blob)
+
+
+def make_stream_lock():
+    """A private file whose POSIX record lock serialises the writers of the daemon's
+    stream (the worker and its job children); None if there is none to be had."""
+    try:
+        return os.memfd_create('dispynode-stream-lock')
+    except (AttributeError, OSError):
+        return None
+
+
+class StreamLock:
+    """Holds the stream lock for one message.  POSIX locks belong to the process, so a
+    forked child and the worker exclude each other, and the kernel drops a killed
+    writer's lock."""
+
+    def __init__(self, fd):
+        self.fd = fd
+
+    def __enter__(self):
+        if self.fd is not None:
+            fcntl.lockf(self.fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            fcntl.lockf(self.fd, fcntl.LOCK_UN)
 
 
 class FrameBuffer:
@@ -434,6 +471,8 @@ class Worker:
     def __init__(self, ctl_in, ctl_out):
         self.ctl_in = ctl_in
         self.ctl_out = ctl_out
+        # Job children write small ``done`` messages to ctl_out themselves (module doc).
+        self.stream_lock = StreamLock(make_stream_lock())
         self.inbox = FrameBuffer()
         self.jobs = {}  # pid -> RunningJob
         self.config = None
@@ -476,7 +515,8 @@ class Worker:
 
     def send(self, header, blob=b''):
         try:
-            write_message(self.ctl_out, header, blob)
+            with self.stream_lock:
+                write_message(self.ctl_out, header, blob)
         except OSError:  # the daemon is gone
             self.abort()
 
@@ -590,6 +630,9 @@ class Worker:
                 except OSError as exc:
                     self._send_not_started(header['id'], 'could not start job process: %s' % exc)
                     return
+            # Before the job reaches the child, which may send its ``done`` straight away (a
+            # retry with a fresh spare sends the new pid).
+            self.send({'ev': 'started', 'id': header['id'], 'pid': spare.pid})
             try:
                 write_message(spare.job_w, header, blob)
                 break
@@ -616,7 +659,6 @@ class Worker:
                 self._zygote_gone()
         self.selector.register(spare.result_fd, selectors.EVENT_READ,
                                lambda: self._on_job_output(job))
-        self.send({'ev': 'started', 'id': job.id, 'pid': spare.pid})
 
     def _fork_spare(self):
         """Fork a job child that prepares itself, then waits for its job message."""
@@ -779,7 +821,8 @@ class Worker:
             self.jobs = {}
             self.spare = None
             self.zygote = None
-            self.ctl_out = None
+            # ctl_out stays open for the spares (they send small outcomes themselves); the
+            # zygote never writes to it.
             signal.set_wakeup_fd(-1)
             wake_r, wake_w = os.pipe()
             os.set_blocking(wake_r, False)
@@ -889,17 +932,66 @@ class Worker:
             self._close_worker_fds()
             signal.signal(signal.SIGINT, signal.default_int_handler)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            # What the job forks without exec (multiprocessing) must not hold the daemon's
+            # stream: it would hide the worker's end from the daemon (exec closes it anyway).
+            os.register_at_fork(after_in_child=self._drop_stream)
+            self._warm_up()
             job = self._await_job(job_fd)
             if job is None:  # discarded before it got a job
                 exit_code = 0
                 return
             reply, result = self._run_job(*job)
-            write_message(result_fd, reply, result)
+            if self._send_done(job[0]['id'], reply, result):
+                write_message(result_fd, {'sent': True})
+            else:
+                write_message(result_fd, reply, result)
             exit_code = 0
         except BaseException:
             traceback.print_exc(file=sys.__stderr__)
         finally:
             os._exit(exit_code)
+
+    def _warm_up(self):
+        """Walk the job's own path once with dummy data while waiting for the job: the
+        copy-on-write faults of the objects it touches are taken here, not on the job's way."""
+        try:
+            os.chdir(self.config['dest_path'])
+            lookup(self.user_globals, self.config['name'])
+            inbox = FrameBuffer()
+            inbox.feed(frame_head({'op': 'job', 'id': 0, 'uid': 0, 'hash': '', 'start_time': 0.0,
+                                   'code': None, 'args_len': 0}, 0))
+            inbox.pop()
+            out = io.StringIO()
+            out.write('')
+            value = pickle.loads(pickle.dumps(((0,), {}), RESULT_PROTOCOL))
+            frame_head({'ev': 'done', 'id': 0, 'status': FINISHED, 'stdout': out.getvalue(),
+                        'stderr': '', 'exception': None}, len(pickle.dumps(value)))
+        except Exception:
+            pass
+
+    def _drop_stream(self):
+        for fd in (self.ctl_out, self.stream_lock.fd):
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self.ctl_out = self.stream_lock.fd = None
+
+    def _send_done(self, job_id, reply, result):
+        """Send this job's ``done`` to the daemon directly if it fits in one atomic pipe
+        write: a write of at most PIPE_BUF bytes is never split or interleaved, not even
+        when the job is killed meanwhile, so the shared stream stays whole."""
+        if self.stream_lock.fd is None or self.ctl_out is None:
+            return False
+        header = {'ev': 'done', 'id': job_id}
+        header.update(reply)
+        frame = frame_head(header, len(result)) + result
+        if len(frame) > select.PIPE_BUF:
+            return False
+        with self.stream_lock:
+            os.write(self.ctl_out, frame)
+        return True
 
     @staticmethod
     def _await_job(job_fd):
@@ -928,8 +1020,6 @@ class Worker:
             os.close(key.fd)
         self.selector.close()
         os.close(self.wakeup_w)
-        if self.ctl_out is not None:  # None in the zygote
-            os.close(self.ctl_out)
 
     def _run_job(self, header, blob):
         """Run the user function; returns the reply header and result pickle."""
@@ -981,9 +1071,11 @@ class Worker:
         msg = job.output.pop()
         if msg is not None:
             reply, result = msg
+            job.reported = True
+            if reply.get('sent'):  # the child sent its done to the daemon itself
+                return
             header = {'ev': 'done', 'id': job.id}
             header.update(reply)
-            job.reported = True
             self.send(header, result)
 
     def _close_output(self, job):

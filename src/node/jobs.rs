@@ -45,6 +45,11 @@ impl Node {
         while let Some(ev) = rx.recv().await {
             match ev {
                 JobEvent::Started { id, pid } => {
+                    // Job code can write to this stream too (module doc of the worker): only
+                    // this computation's running jobs are believed.
+                    if !self.has_job_of(id, compute_id) {
+                        continue;
+                    }
                     self.record_job_process(pid);
                     let (comp_cg, worker) = {
                         let mut st = self.lock();
@@ -81,6 +86,9 @@ impl Node {
                     mut header,
                     result,
                 } => {
+                    if !self.has_job_of(id, compute_id) {
+                        continue;
+                    }
                     let (pid, cg) = self
                         .lock()
                         .jobs
@@ -127,6 +135,14 @@ impl Node {
                 }
             }
         }
+    }
+
+    /// Whether job `id` is one of computation `compute_id`'s.
+    fn has_job_of(&self, id: u64, compute_id: i64) -> bool {
+        self.lock()
+            .jobs
+            .get(&id)
+            .is_some_and(|j| j.compute_id == compute_id)
     }
 
     /// Records a job's process for `--clean` once it has run for a while: short jobs, most of

@@ -15,6 +15,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::limits::MAX_WORKER_FRAME;
 
+/// Blobs up to this size are copied into the message's one write.
+const INLINE_BLOB: usize = 64 * 1024;
+
 /// The worker's source, embedded so the daemon is one self-contained binary.
 pub const WORKER_SOURCE: &str = include_str!("../../runner/dispynode_job.py");
 
@@ -99,7 +102,10 @@ impl Worker {
     async fn send(&self, header: &Json, blob: &[&[u8]]) -> Result<(), WorkerError> {
         let h = serde_json::to_vec(header).map_err(|e| WorkerError::Protocol(e.to_string()))?;
         let blob_len: usize = blob.iter().map(|b| b.len()).sum();
-        let mut msg = Vec::with_capacity(8 + h.len());
+        // A small message goes in one write (the worker wakes once, reads it whole); a large
+        // blob is written from where it is rather than copied.
+        let inline = blob_len <= INLINE_BLOB;
+        let mut msg = Vec::with_capacity(8 + h.len() + if inline { blob_len } else { 0 });
         msg.extend_from_slice(&(h.len() as u32).to_be_bytes());
         msg.extend_from_slice(&h);
         msg.extend_from_slice(
@@ -107,10 +113,17 @@ impl Worker {
                 .map_err(|_| WorkerError::Protocol("blob too large".into()))?)
             .to_be_bytes(),
         );
+        if inline {
+            for b in blob {
+                msg.extend_from_slice(b);
+            }
+        }
         let mut w = self.stdin.lock().await;
         w.write_all(&msg).await.map_err(|_| WorkerError::Gone)?;
-        for b in blob {
-            w.write_all(b).await.map_err(|_| WorkerError::Gone)?;
+        if !inline {
+            for b in blob {
+                w.write_all(b).await.map_err(|_| WorkerError::Gone)?;
+            }
         }
         w.flush().await.map_err(|_| WorkerError::Gone)
     }

@@ -37,6 +37,7 @@ LEN = struct.Struct('>L')
 
 # Most tests use this computation; `compute(kind, ...)` picks the behaviour.
 CODE = textwrap.dedent('''\
+    import signal
     import subprocess
 
     def helper(n):
@@ -79,6 +80,20 @@ CODE = textwrap.dedent('''\
             return lambda: 0
         if kind == 'big':
             return b'x' * arg
+        if kind == 'tagged':
+            time.sleep(kwargs.get('delay', 0))
+            return kwargs['tag'], b'x' * arg
+        if kind == 'stop_worker':
+            os.kill(kwargs['worker'], signal.SIGSTOP)
+            return b'x' * arg
+        if kind == 'daemonize':
+            if os.fork() == 0:
+                os.setsid()
+                with open('daemon.pid', 'w') as fd:
+                    fd.write(str(os.getpid()))
+                time.sleep(arg)
+                os._exit(0)
+            return 'parent done'
         if kind == 'os_exit':
             os._exit(arg)
         if kind == 'sys_exit':
@@ -104,13 +119,18 @@ def line_of(code, text):
     return next(i for i, line in enumerate(code.splitlines(), 1) if text in line)
 
 
-def process_gone(pid):
-    """True if `pid` no longer runs (absent, or a zombie waiting for init)."""
+def process_state(pid):
+    """The state letter of `pid` (R, S, T, Z...), None if there is no such process."""
     try:
         with open('/proc/%d/stat' % pid) as fd:
-            return fd.read().rsplit(')', 1)[1].split()[0] == 'Z'
+            return fd.read().rsplit(')', 1)[1].split()[0]
     except FileNotFoundError:
-        return True
+        return None
+
+
+def process_gone(pid):
+    """True if `pid` no longer runs (absent, or a zombie waiting for init)."""
+    return process_state(pid) in (None, 'Z')
 
 
 def live_children(pid):
@@ -330,7 +350,7 @@ class JobTests(WorkerTestCase):
                          (self.dest, 'testnode', '127.0.0.1', 'Logger'))
         # exactly the promised names plus the user's own: nothing of the worker leaks
         self.assertEqual(env['names'], sorted([
-            'Point', 'compute', 'helper', 'subprocess', 'dispy_job_path', 'dispy_node_ip_addr',
+            'Point', 'compute', 'helper', 'signal', 'subprocess', 'dispy_job_path', 'dispy_node_ip_addr',
             'dispy_node_name', 'dispy_provisional_result', 'dispy_send_file',
             'dispynode_logger', 'os', 'pickle', 'socket', 'sys', 'time']))
 
@@ -350,6 +370,62 @@ class JobTests(WorkerTestCase):
                         'jobs did not run concurrently')
         self.assertEqual(sorted(w[2] for w in windows),
                          sorted(started[i]['pid'] for i in range(count)))
+
+    def test_small_outcome_goes_from_the_job_to_the_daemon(self):
+        # A done that fits in one atomic pipe write comes from the job process itself: it
+        # arrives while the worker is stopped, and only once.
+        worker = self.ready()
+        wpid = worker.proc.pid
+        self.addCleanup(lambda: os.kill(wpid, signal.SIGCONT))
+        header, blob = job(1, 'stop_worker', 100, worker=wpid)
+        worker.send(header, blob)
+        worker.expect('started')
+        done, result = worker.expect('done')
+        self.assertEqual((done['id'], done['status'], pickle.loads(result)), (1, 11, b'x' * 100))
+        self.assertEqual(process_state(wpid), 'T')
+        # A larger one goes through the worker: nothing comes until it runs again.
+        header, blob = job(2, 'stop_worker', 100000, worker=wpid)
+        os.kill(wpid, signal.SIGCONT)
+        worker.send(header, blob)
+        worker.expect('started')
+        self.assertTrue(wait_until(lambda: process_state(wpid) == 'T'))
+        with self.assertRaises(AssertionError):
+            worker.recv(timeout=0.5)
+        os.kill(wpid, signal.SIGCONT)
+        done, result = worker.expect('done')
+        self.assertEqual((done['id'], done['status'], len(pickle.loads(result))), (2, 11, 100000))
+        self.assertEqual(worker.run_job('echo', 'next')[1], 'next')
+        with self.assertRaises(AssertionError):  # no second done for jobs 1 and 2
+            worker.recv(timeout=0.5)
+
+    def test_outcomes_of_both_paths_interleave_whole(self):
+        # Children write small outcomes while the worker forwards large ones on the same
+        # stream: every message must arrive whole, with its own job's result.
+        worker = self.ready()
+        count = 40
+        sizes = {i: (4000000 if i % 4 == 0 else 10) for i in range(count)}
+        started, done = worker.run_jobs(
+            [job(i, 'tagged', sizes[i], tag=i, delay=0.005 * i) for i in range(count)], timeout=60)
+        for i in range(count):
+            self.assertEqual(done[i][0]['status'], 11, done[i][0])
+            self.assertEqual(pickle.loads(done[i][1]), (i, b'x' * sizes[i]))
+
+    def test_a_daemonized_descendant_does_not_hold_the_stream(self):
+        # The daemon learns that a worker is gone from EOF on its stream: a process a job
+        # forked and left running must not keep that stream open.
+        worker = self.ready()
+        header, value = worker.run_job('daemonize', 30)
+        self.assertEqual(value, 'parent done')
+        pid_file = os.path.join(self.dest, 'daemon.pid')
+        self.assertTrue(wait_until(lambda: os.path.exists(pid_file) and os.path.getsize(pid_file)))
+        with open(pid_file) as fd:
+            daemon_pid = int(fd.read())
+        self.addCleanup(lambda: process_gone(daemon_pid) or os.kill(daemon_pid, signal.SIGKILL))
+        self.assertFalse(process_gone(daemon_pid))
+        worker.proc.stdin.close()
+        self.assertEqual(worker.proc.wait(5), 0)
+        self.assertIsNone(worker.messages.get(timeout=5))  # EOF, though it still runs
+        self.assertFalse(process_gone(daemon_pid))
 
     def test_exception_traceback_starts_at_user_code(self):
         worker = self.ready()
