@@ -283,6 +283,15 @@ def summarize(runs, raws, params, floor_runs=(), cores=2):
         c = [median(v) for v in (vals.get(client) or {}).values()]
         if c and floor is not None:
             vals[key] = {'both': [cores * 1e3 / (min(c) + floor)]}
+    # What the target leaves a node per job on these cores, beyond the client's CPU and the
+    # floor: a node whose own work per job costs more cannot meet it here.
+    for key, rate, times, client, floor in (
+            ('jobs_budget', 'jobs_per_s', 5, 'jobs_client_cpu_ms', fork_exit),
+            ('prog_budget', 'prog_per_s', 3, 'prog_client_cpu_ms', spawn_sh)):
+        ref = (vals.get(rate) or {}).get('ref')
+        c = [median(v) for v in (vals.get(client) or {}).values()]
+        if ref and c and floor is not None:
+            vals[key] = {'both': [cores * 1e3 / (times * median(ref)) - min(c) - floor]}
     out = {}
     for key, per in vals.items():
         out[key] = {impl: {'median': median(v), 'min': min(v), 'max': max(v), 'n': len(v),
@@ -320,6 +329,8 @@ METRICS = [
         Metric('floor_fork_exit_ms', 'floor: fork+exit of the worker Python', 'ms CPU', None, '%.2f'),
         Metric('jobs_bound', 'bound, any node: cores/(client+floor)', 'jobs/s', None, '%.0f',
                ('bound', 5, 'jobs_per_s')),
+        Metric('jobs_budget', 'node CPU left per job at 5x ref', 'ms', None, '%.2f',
+               ('budget', 'jobs_node_daemon_ms')),
     ]),
     ('Sequential jobs (%(seq)d, submit -> result -> next)', [
         Metric('seq_median_ms', 'latency median', 'ms', 'lower', '%.2f', ('inv', 4)),
@@ -337,6 +348,8 @@ METRICS = [
         Metric('floor_spawn_sh_ms', 'floor: spawn+run of the script', 'ms CPU', None, '%.2f'),
         Metric('prog_bound', 'bound, any node: cores/(client+floor)', 'jobs/s', None, '%.0f',
                ('bound', 3, 'prog_per_s')),
+        Metric('prog_budget', 'node CPU left per job at 3x ref', 'ms', None, '%.2f',
+               ('budget', 'prog_daemon_ms')),
     ]),
     ('Files (%(depends)d MiB)', [
         Metric('depends_mb_s', 'depends client->node', 'MB/s', 'higher', '%.0f', ('raw', 0.9)),
@@ -388,6 +401,12 @@ def render(summary, counts, machine, params, config, runs=()):
                     if ref:
                         note = '%gx ref = %.0f: %s' % (times, times * ref, 'below the bound' if
                                                        times * ref <= v else 'ABOVE the bound')
+                if m.target and m.target[0] == 'budget':
+                    # The daemon's protocol work alone (no Python, no job process) against it.
+                    own = ((summary.get(m.target[1]) or {}).get('ours') or {}).get('median')
+                    if own is not None:
+                        note = 'our daemon alone uses %.2f: %s' % (
+                            own, 'within' if own <= v else 'over the budget')
                 shown_ref = fmt(m, v)
                 sec.append((m.label, m.unit, shown_ref, fmt(m, v), '', '', note))
                 continue

@@ -61,6 +61,10 @@ RUNNING, PROVISIONAL, TERMINATED, FINISHED = 6, 7, 9, 11
 # Results are pickled with protocol 4 so Python 3.7 clients can read them.
 RESULT_PROTOCOL = 4
 READ_SIZE = 1 << 20
+# Spares the zygote keeps ready: with one, the next job's child was often still being forked
+# or preparing itself when the job came (the fork, the child's set-up and the client compete
+# for the CPUs); with two, each has a whole job's time more.
+SPARES = 2
 _LEN = struct.Struct('>L')
 
 
@@ -410,7 +414,7 @@ _ZEXIT = struct.Struct('>ii')
 class Zygote:
     """The worker's end of its zygote: a SOCK_SEQPACKET socket on which the zygote sends
     ``s<pid>`` with a new spare's job and result pipes (SCM_RIGHTS) and ``x<pid><status>``
-    when it has reaped one; the worker sends ``c`` when it has taken the spare."""
+    when it has reaped one; the worker sends ``c<pid>`` when it has taken that spare."""
 
     def __init__(self, pid, sock):
         self.pid = pid
@@ -482,7 +486,7 @@ class Worker:
         self.logger = make_logger()
         self.user_globals = None  # set once setup succeeded
         self.setup_args = ()
-        self.spare = None  # the next job's child, forked ahead
+        self.spares = []  # the next jobs' children, forked ahead (oldest first)
         self.zygote = None  # forks the spares once setup succeeded
 
         os.set_blocking(ctl_in, False)
@@ -502,11 +506,11 @@ class Worker:
         while True:
             # Fork the next job's child when nothing else is waiting: the fork then costs no
             # job any latency.
-            want_spare = (self.user_globals is not None and self.spare is None
+            want_spare = (self.user_globals is not None and not self.spares
                           and self.zygote is None)
             events = self.selector.select(0 if want_spare else None)
             if not events and want_spare:
-                self.spare = self._fork_spare()
+                self.spares.append(self._fork_spare())
                 continue
             for key, _ in events:
                 key.data()
@@ -543,7 +547,7 @@ class Worker:
 
     def _op_init(self, header, blob):
         self._stop_zygote()
-        self._discard_spare()
+        self._discard_spares()
         try:
             os.chdir(header['dest_path'])
             self.code = compile(header['code'] or '', '<string>', 'exec')
@@ -560,7 +564,7 @@ class Worker:
 
     def _op_setup(self, header, blob):
         self._stop_zygote()  # forked from the globals this setup replaces
-        self._discard_spare()
+        self._discard_spares()
         error = self._setup(blob)
         if error is None:
             self._start_zygote()
@@ -620,7 +624,7 @@ class Worker:
         if self.user_globals is None:
             self._send_not_started(header['id'], 'computation is not set up')
             return
-        spare, self.spare = self.spare, None
+        spare = self.spares.pop(0) if self.spares else None
         if spare is None and self.zygote is not None:
             spare = self._zygote_spare(timeout=10)
         for attempt in range(2):
@@ -654,7 +658,7 @@ class Worker:
         self.jobs[spare.pid] = job
         if spare.zygote and self.zygote is not None:
             try:
-                self.zygote.sock.send(b'c')  # taken: fork the next one
+                self.zygote.sock.send(b'c' + _ZPID.pack(spare.pid))  # taken: fork the next one
             except OSError:
                 self._zygote_gone()
         self.selector.register(spare.result_fd, selectors.EVENT_READ,
@@ -680,10 +684,14 @@ class Worker:
         os.close(job_r)
         return Spare(pid, job_w, read_fd)
 
-    def _discard_spare(self):
-        if self.spare is not None:
-            self.spare.discard()
-            self.spare = None
+    def _discard_spares(self, zygote_only=False):
+        keep = []
+        for spare in self.spares:
+            if zygote_only and not spare.zygote:
+                keep.append(spare)
+            else:
+                spare.discard()
+        self.spares = keep
 
     # ---- the zygote
 
@@ -712,8 +720,7 @@ class Worker:
     def _stop_zygote(self, report=True):
         """Kill the jobs the zygote forked and collect their exits (an orphan of a dead
         zygote has none), then close its socket: EOF makes it reap what is left and exit."""
-        if self.spare is not None and self.spare.zygote:
-            self._discard_spare()
+        self._discard_spares(zygote_only=True)
         running = [job for job in self.jobs.values() if job.zygote]
         for job in running:
             self._kill(job)
@@ -749,8 +756,7 @@ class Worker:
                 os.waitpid(zygote.pid, 0)
             except ChildProcessError:
                 pass
-        if self.spare is not None and self.spare.zygote:
-            self._discard_spare()
+        self._discard_spares(zygote_only=True)
         for job in list(self.jobs.values()):
             if job.zygote and job.fd is None:
                 self._finish(job, None)
@@ -759,18 +765,20 @@ class Worker:
         """Handle one message; with ``exits``, exit statuses are collected there instead."""
         kind, pid, status, fds = msg
         if kind == 's':
-            if self.spare is None:
-                self.spare = Spare(pid, fds[0], fds[1], zygote=True)
+            spare = Spare(pid, fds[0], fds[1], zygote=True)
+            if len(self.spares) < SPARES:
+                self.spares.append(spare)
             else:
-                Spare(pid, fds[0], fds[1], zygote=True).discard()
+                spare.discard()
         elif kind == 'x':
             if exits is not None:
                 exits[pid] = status
             elif pid in self.jobs and self.jobs[pid].zygote:
                 self._finish(self.jobs[pid], status)
-            elif self.spare is not None and self.spare.pid == pid:
-                self.spare.close()
-                self.spare = None
+            else:
+                for spare in [sp for sp in self.spares if sp.pid == pid]:
+                    spare.close()
+                    self.spares.remove(spare)
 
     def _zygote_recv(self):
         """The zygote's next message; None when none is waiting or the zygote is gone (then
@@ -807,19 +815,18 @@ class Worker:
                 self._zygote_message(msg, exits)
 
     def _zygote_spare(self, timeout):
-        """The zygote's next spare (it forks one as soon as the last was taken)."""
-        self._zygote_wait(lambda: self.spare is not None, timeout)
-        spare, self.spare = self.spare, None
-        return spare
+        """The zygote's next spare (it forks one as soon as one was taken)."""
+        self._zygote_wait(lambda: bool(self.spares), timeout)
+        return self.spares.pop(0) if self.spares else None
 
     def _zygote_main(self, sock):
-        """Body of the zygote: forks one spare at a time for the worker, reaps them, and
+        """Body of the zygote: forks the spares for the worker, reaps them, and
         reports their exit statuses. Never returns."""
         exit_code = 1
         try:
             self._close_worker_fds()
             self.jobs = {}
-            self.spare = None
+            self.spares = []
             self.zygote = None
             # ctl_out stays open for the spares (they send small outcomes themselves); the
             # zygote never writes to it.
@@ -853,10 +860,10 @@ class Worker:
             os._exit(exit_code)
 
     def _zygote_loop(self, sock, wake_r, children):
-        """Until the worker closes its end: keep one spare ready, report reaped children."""
-        spare = None
+        """Until the worker closes its end: keep SPARES spares ready, report reaped children."""
+        ready = set()  # spares sent and not taken
         while True:
-            if spare is None:
+            while len(ready) < SPARES:
                 new = self._fork_spare()
                 try:
                     sock.sendmsg([b's' + _ZPID.pack(new.pid)], [(
@@ -866,7 +873,7 @@ class Worker:
                     os.close(new.job_w)
                     os.close(new.result_fd)
                 children.add(new.pid)
-                spare = new.pid
+                ready.add(new.pid)
             for key, _ in self.selector.select():
                 if key.fd == wake_r:
                     try:
@@ -878,15 +885,14 @@ class Worker:
                         done, status = os.waitpid(pid, os.WNOHANG)
                         if done:
                             children.discard(pid)
-                            if pid == spare:
-                                spare = None
+                            ready.discard(pid)
                             sock.send(b'x' + _ZEXIT.pack(pid, status))
                     continue
                 data = sock.recv(16)
                 if not data:
                     return
-                if data == b'c':
-                    spare = None
+                if data[:1] == b'c' and len(data) == 1 + _ZPID.size:
+                    ready.discard(_ZPID.unpack_from(data, 1)[0])
 
     def _op_release(self, header, blob):
         for job in self.jobs.values():
@@ -1120,14 +1126,14 @@ class Worker:
                 gone = True
             if gone:
                 self._zygote_gone(reaped=True)
-        if self.spare is not None and not self.spare.zygote:  # killed before it got a job
+        for spare in [sp for sp in self.spares if not sp.zygote]:  # killed before its job
             try:
-                gone = os.waitpid(self.spare.pid, os.WNOHANG)[0]
+                gone = os.waitpid(spare.pid, os.WNOHANG)[0]
             except ChildProcessError:
                 gone = True
             if gone:
-                self.spare.close()
-                self.spare = None
+                spare.close()
+                self.spares.remove(spare)
 
     def _finish(self, job, wait_status, report=True):
         """Forget a reaped child and send its ``done``."""
@@ -1153,7 +1159,7 @@ class Worker:
         _kill_group(job.pid)
 
     def _kill_all(self, report):
-        self._discard_spare()
+        self._discard_spares()
         own = [job for job in self.jobs.values() if not job.zygote]
         for job in own:
             self._kill(job)

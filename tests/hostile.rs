@@ -1253,6 +1253,29 @@ fn deep_tree_from_filexfer_then_close() {
     normal_job_and_finish(&mut node, &base, "deep-xfer");
 }
 
+/// A job writes forged `started`/`done` messages for every job id it can guess into every
+/// pipe it holds (its worker's stream to the daemon among them): a job of another computation
+/// of the same client still gets its own result, and the node its normal job.
+#[test]
+fn job_forging_worker_events() {
+    let Some((mut node, base)) = start(&[]) else {
+        return;
+    };
+    let run = run_against(&node, "hostile_forge", &[]);
+    node.assert_alive();
+    run.assert_checks(
+        &node,
+        &[
+            "victim_running",
+            "forger_replied",
+            "victim_replied",
+            "victim_result",
+            "closed",
+        ],
+    );
+    normal_job_and_finish(&mut node, &base, "forge");
+}
+
 /// A job (cleanup=True) leaves a 20000-deep directory tree in its computation directory;
 /// the node removes the directory at close and must survive it.
 #[test]

@@ -11,6 +11,7 @@ use nix::unistd::Pid;
 use serde_json::{json, Value as Json};
 use tokio::sync::mpsc::UnboundedReceiver;
 
+use super::leftovers;
 use super::worker::JobEvent;
 use super::{now, Node};
 use crate::limits::CLEANUP_TIME;
@@ -50,7 +51,7 @@ impl Node {
                     if !self.has_job_of(id, compute_id) {
                         continue;
                     }
-                    self.record_job_process(pid);
+                    self.record_job_process(pid, worker_pid);
                     let (comp_cg, worker) = {
                         let mut st = self.lock();
                         if let Some(j) = st.jobs.get_mut(&id) {
@@ -64,7 +65,18 @@ impl Node {
                     if comp_cg.is_some() {
                         // The child waits (hold) until it is in its own cgroup: place it, then
                         // release it to run user code.
-                        if let Some(cg) = self.leaf_cgroup(comp_cg.as_ref(), &format!("f{id}")) {
+                        let ours = worker_pid.is_some_and(|w| leftovers::descends_from(pid, w));
+                        let leaf = if ours {
+                            self.leaf_cgroup(comp_cg.as_ref(), &format!("f{id}"))
+                        } else {
+                            tracing::warn!(
+                                job = id,
+                                pid,
+                                "the worker reported a process not its own: not placed"
+                            );
+                            None
+                        };
+                        if let Some(cg) = leaf {
                             match cg.add_process(pid) {
                                 Ok(()) => {
                                     if let Some(j) = self.lock().jobs.get_mut(&id) {
@@ -150,12 +162,18 @@ impl Node {
     /// job with its worker (which kills its jobs when its control stream ends), a program
     /// job by the jail's parent-death signal; only what a program started in its first
     /// second can outlive a crash of the daemon unrecorded.
-    fn record_job_process(self: &Arc<Self>, pid: i32) {
+    /// A function job's pid comes from its worker's stream (`parent`: the worker), which job
+    /// code can write to: it is recorded only if it is a process of the worker's.
+    fn record_job_process(self: &Arc<Self>, pid: i32, parent: Option<i32>) {
         self.procs.note(pid);
         let n = self.clone();
         tokio::spawn(async move {
-            tokio::time::sleep(super::leftovers::RECORD_JOBS_AFTER).await;
-            n.procs.persist(pid);
+            tokio::time::sleep(leftovers::RECORD_JOBS_AFTER).await;
+            if parent.is_none_or(|w| leftovers::descends_from(pid, w)) {
+                n.procs.persist(pid);
+            } else {
+                n.procs.remove(pid);
+            }
         });
     }
 
@@ -253,7 +271,7 @@ impl Node {
             j.cgroup = cgroup.clone();
         }
         if let Some(pid) = pid {
-            self.record_job_process(pid);
+            self.record_job_process(pid, None);
         }
         let n = self.clone();
         let mut child = child;
@@ -337,7 +355,13 @@ impl Node {
             }
         } else if let Some(w) = worker {
             if w.kill_job(id).await.is_err() {
-                if let Some(pid) = pid {
+                // The worker's stream is broken; its jobs die with it. Kill the reported
+                // process only if it still is the worker's (a job could have forged it).
+                let ours = |p: i32| {
+                    w.pid
+                        .is_some_and(|wp| leftovers::descends_from(p, wp as i32))
+                };
+                if let Some(pid) = pid.filter(|p| ours(*p)) {
                     let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
                 }
             }

@@ -71,10 +71,30 @@ pub fn lock_state_dir(dir: &Path) -> Result<StateLock, LeftoverError> {
 /// The kernel's start time of a process (field 22 of /proc/<pid>/stat), which together with
 /// the pid identifies it even after pid reuse.
 pub fn start_time(pid: i32) -> Option<u64> {
+    stat_field(pid, 19)
+}
+
+/// Field `n` (0 = state) after the command name of `/proc/<pid>/stat`.
+fn stat_field(pid: i32, n: usize) -> Option<u64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may contain spaces and parentheses: skip past the last ')'.
     let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+    rest.split_whitespace().nth(n)?.parse().ok()
+}
+
+/// Whether `pid` is a child or grandchild of `ancestor` (a Python worker forks its jobs
+/// itself or through its zygote). Pids that a worker reports come from a stream job code can
+/// write to: the daemon signals or records one only after this check.
+pub fn descends_from(pid: i32, ancestor: i32) -> bool {
+    let mut p = pid;
+    for _ in 0..2 {
+        match stat_field(p, 1).and_then(|pp| i32::try_from(pp).ok()) {
+            Some(pp) if pp == ancestor => return true,
+            Some(pp) if pp > 1 => p = pp,
+            _ => return false,
+        }
+    }
+    false
 }
 
 /// Records of the processes the node started: `<state_dir>/procs/<pid>` holding the start time.
@@ -207,6 +227,38 @@ pub fn clean_prefix(prefix: &Path, state_dir: &Path) -> io::Result<usize> {
 mod tests {
     use super::*;
     use std::os::unix::process::CommandExt;
+
+    #[test]
+    fn descent_is_checked_over_two_generations() {
+        // sh (child of this test) -> sleep (grandchild); our own parent is no descendant.
+        let mut sh = std::process::Command::new("sh")
+            .args(["-c", "sleep 30 & echo $!; wait"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(sh.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let grandchild: i32 = line.trim().parse().unwrap();
+        let me = std::process::id() as i32;
+        let child = sh.id() as i32;
+        assert!(descends_from(child, me));
+        assert!(descends_from(grandchild, me));
+        assert!(descends_from(grandchild, child));
+        assert!(!descends_from(me, child));
+        assert!(!descends_from(child, grandchild));
+        assert!(!descends_from(
+            std::os::unix::process::parent_id() as i32,
+            me
+        ));
+        assert!(!descends_from(1, me));
+        assert!(!descends_from(i32::MAX, me));
+        let _ = nix::sys::signal::kill(Pid::from_raw(grandchild), Signal::SIGKILL);
+        sh.wait().unwrap();
+    }
 
     #[test]
     fn lock_is_exclusive_and_released() {

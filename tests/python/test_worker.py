@@ -490,37 +490,40 @@ class JobTests(WorkerTestCase):
         self.assertTrue(wait_until(lambda: process_gone(sleep_pid)), 'sleep grandchild survived')
         self.assertEqual(worker.run_job('echo', 1)[1], 1)  # the worker carries on
 
-    def test_job_runs_in_the_child_forked_ahead(self):
-        # After setup the worker forks a zygote, which forks the next job's child ahead; a job
-        # takes it, the zygote forks the next one, and the worker itself never forks again.
+    def test_job_runs_in_a_child_forked_ahead(self):
+        # After setup the worker forks a zygote, which forks the next jobs' children ahead
+        # (SPARES of them); a job takes one, the zygote forks the next, and the worker itself
+        # never forks again.
         worker = self.ready()
         wpid = worker.proc.pid
         self.assertTrue(wait_until(lambda: len(live_children(wpid)) == 1),
                         'no zygote: %r' % live_children(wpid))
         zygote = live_children(wpid)[0]
-        self.assertTrue(wait_until(lambda: len(live_children(zygote)) == 1),
-                        'no spare: %r' % live_children(zygote))
-        spare = live_children(zygote)[0]
+        self.assertTrue(wait_until(lambda: len(live_children(zygote)) == 2),
+                        'no spares: %r' % live_children(zygote))
+        spares = live_children(zygote)
         started, done = worker.run_jobs([job(1, 'echo', 'first')])
-        self.assertEqual(started[1]['pid'], spare)
+        self.assertIn(started[1]['pid'], spares)
         self.assertEqual(pickle.loads(done[1][1]), 'first')
-        self.assertTrue(wait_until(lambda: not os.path.exists('/proc/%d' % spare)),
+        self.assertTrue(wait_until(lambda: not os.path.exists('/proc/%d' % started[1]['pid'])),
                         'the zygote did not reap the job process')
-        self.assertTrue(wait_until(lambda: len(live_children(zygote)) == 1))
+        self.assertTrue(wait_until(lambda: len(live_children(zygote)) == 2))
         self.assertEqual(live_children(wpid), [zygote])
-        # A spare killed from outside is reaped and replaced; the next job still runs.
-        killed = live_children(zygote)[0]
-        os.kill(killed, signal.SIGKILL)
-        self.assertTrue(wait_until(lambda: not os.path.exists('/proc/%d' % killed)
-                                   and len(live_children(zygote)) == 1), 'spare not replaced')
+        # Spares killed from outside are reaped and replaced; the next jobs still run.
+        for killed in live_children(zygote):
+            os.kill(killed, signal.SIGKILL)
+            self.assertTrue(wait_until(lambda: not os.path.exists('/proc/%d' % killed)
+                                       and len(live_children(zygote)) == 2), 'spare not replaced')
         self.assertEqual(worker.run_job('echo', 'second')[1], 'second')
+        started, done = worker.run_jobs([job(i, 'echo', i) for i in range(2, 6)])
+        self.assertEqual({i: pickle.loads(done[i][1]) for i in done}, {i: i for i in range(2, 6)})
         # Close leaves no process behind.
-        self.assertTrue(wait_until(lambda: len(live_children(zygote)) == 1))
-        last = live_children(zygote)[0]
+        self.assertTrue(wait_until(lambda: len(live_children(zygote)) == 2))
+        last = live_children(zygote)
         worker.send({'op': 'close'})
         self.assertTrue(worker.expect('closed')[0]['ok'])
         self.assertEqual(worker.proc.wait(5), 0)
-        for pid in (zygote, last):
+        for pid in [zygote] + last:
             self.assertTrue(wait_until(lambda: process_gone(pid)), '%d survived close' % pid)
 
     def test_jobs_run_when_the_zygote_is_killed(self):
