@@ -68,7 +68,10 @@ def one_run(args, impl, workload, param, rnd, attempt):
     try:
         rec['start_ms'] = node.start_ms
         rec['idle'] = node.idle_rss(args.idle_wait)
-        sampler = node.start_sampler(args.sample_interval)
+        # The sampler scans /proc (about 2 ms of CPU a time): in the latency runs it samples
+        # less often, so that it does not compete with what it measures.
+        sampler = node.start_sampler(args.seq_sample_interval if workload == 'seq'
+                                     else args.sample_interval)
         busy0, bench_cpu0 = benchlib.cpu_busy()[0], time.process_time()
         run = benchlib.run_client(args.venv, workload, node.port, param, timeout=args.timeout,
                                   stall=args.stall, node_alive=node.alive)
@@ -502,6 +505,8 @@ def main():
     ap.add_argument('--retries', type=int, default=4, help='retries of a wedged/failed run')
     ap.add_argument('--idle-wait', type=float, default=1.0, help='seconds idle before reading idle RSS')
     ap.add_argument('--sample-interval', type=float, default=0.02)
+    ap.add_argument('--seq-sample-interval', type=float, default=0.1,
+                    help='sample interval of the sequential (latency) runs')
     ap.add_argument('--jobs', type=int, help='override the number of function jobs')
     ap.add_argument('--quiet-cores', type=float, default=0.5,
                     help='before each run, wait until other processes use at most this many cores '
@@ -535,6 +540,7 @@ def main():
     config = {'rounds': rounds, 'params': params, 'workloads': workloads, 'impls': impls,
               'cpus': args.cpus, 'our_python': args.our_python, 'stall': args.stall, 'timeout': args.timeout, 'retries': args.retries,
               'idle_wait': args.idle_wait, 'sample_interval': args.sample_interval,
+              'seq_sample_interval': args.seq_sample_interval,
               'quiet_cores': args.quiet_cores, 'quiet_wait': args.quiet_wait,
               'command': 'bench/run.sh ' + ' '.join(sys.argv[1:]) if os.environ.get('BENCH_VIA_RUN_SH')
               else ' '.join(['bench/bench.py'] + sys.argv[1:])}
