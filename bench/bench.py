@@ -120,6 +120,7 @@ def one_run(args, impl, workload, param, rnd, attempt):
             rec['peak_rss_kb'], rec['peak_rss_daemon_kb'], rec['peak_procs'] = \
                 sampler.peak_rss(res['t0'], res['t1'])
             rec['median_rss_kb'] = sampler.median_rss(res['t0'], res['t1'])
+            rec['peak_pss_kb'] = sampler.peak_pss(res['t0'], res['t1'])
         else:
             rec['peak_rss_kb'], rec['peak_rss_daemon_kb'], rec['peak_procs'] = sampler.peak_rss()
         rec['tree_exes'] = sampler.exes
@@ -229,12 +230,14 @@ def summarize(runs, raws, params, floor_runs=(), cores=2):
             put('jobs_foreign_cores', impl, nc.get('foreign_cores'))
             put('peak_rss_mib', impl, r['peak_rss_kb'] / 1024 if r.get('peak_rss_kb') else None)
             put('peak_rss_daemon_mib', impl, r['peak_rss_daemon_kb'] / 1024 if r.get('peak_rss_daemon_kb') else None)
+            put('peak_pss_mib', impl, r['peak_pss_kb'] / 1024 if r.get('peak_pss_kb') else None)
             put('peak_procs', impl, r.get('peak_procs'))
         lat = []
         for r in ok_recs(runs, impl, 'seq'):
             lat.extend(x for x in r.get('lat_ms') or [])
             put('seq_client_cpu_ms', impl, r['result']['client_cpu_per_job_ms'])
             put('seq_rss_mib', impl, r['median_rss_kb'] / 1024 if r.get('median_rss_kb') else None)
+            put('seq_pss_mib', impl, r['peak_pss_kb'] / 1024 if r.get('peak_pss_kb') else None)
             nc = r.get('node_cpu') or {}
             put('seq_node_ms', impl, nc.get('tree_ms_per_job'))
         if lat:
@@ -329,6 +332,8 @@ METRICS = [
         Metric('jobs_foreign_cores', '  other load on the machine', 'cores', None, '%.2f'),
         Metric('peak_rss_mib', '  peak RSS, node process tree', 'MiB', 'lower', '%.1f'),
         Metric('peak_rss_daemon_mib', '  peak RSS, daemon alone', 'MiB', 'lower', '%.1f'),
+        Metric('peak_pss_mib', '  peak PSS, node process tree (shared pages split)', 'MiB',
+               'lower', '%.1f'),
         Metric('floor_fork_exit_ms', 'floor: fork+exit of the worker Python', 'ms CPU', None, '%.2f'),
         Metric('jobs_bound', 'bound, any node: cores/(client+floor)', 'jobs/s', None, '%.0f',
                ('bound', 5, 'jobs_per_s')),
@@ -341,6 +346,7 @@ METRICS = [
         Metric('seq_client_cpu_ms', '  client CPU per job', 'ms', None, '%.2f'),
         Metric('seq_node_ms', '  node CPU per job (tree)', 'ms', 'lower', '%.2f'),
         Metric('seq_rss_mib', '  RSS with a computation, tree', 'MiB', 'lower', '%.1f'),
+        Metric('seq_pss_mib', '  PSS with a computation, tree (peak)', 'MiB', 'lower', '%.1f'),
     ]),
     ('Program jobs (%(prog)d runs of a 2-line shell script)', [
         Metric('prog_per_s', 'throughput', 'jobs/s', 'higher', '%.0f', ('ratio', 3)),

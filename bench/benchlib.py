@@ -176,6 +176,10 @@ class TreeSampler(threading.Thread):
         self.root = root
         self.interval = interval
         self.samples = []      # (t, rss_tree, rss_root, nprocs, cpu_root, cpu_tree, machine_busy)
+        # (t, pss_tree): PSS splits pages shared between processes (a forked job and its
+        # parent); smaps_rollup walks the page tables, so it is read every 0.25 s only.
+        self.pss_samples = []
+        self.pss_every = max(1, round(0.25 / interval))
         self.seen = {}         # pid -> starttime, every process seen in the tree
         self.exes = {}         # executable -> how many processes of the tree ran it (seen)
         self._stop_ev = threading.Event()
@@ -197,6 +201,9 @@ class TreeSampler(threading.Thread):
                     exe = '?'
                 self.exes[exe] = self.exes.get(exe, 0) + 1
         s = (time.time(), rss, root[3], len(pids), root[1], cpu_tree, cpu_busy()[0])
+        if len(self.samples) % self.pss_every == 0:
+            pss = [pss_kb(p) for p in pids]
+            self.pss_samples.append((s[0], sum(v for v in pss if v is not None)))
         self.samples.append(s)
         return s
 
@@ -223,6 +230,11 @@ class TreeSampler(threading.Thread):
         if not sel:
             return None, None, None
         return max(s[1] for s in sel), max(s[2] for s in sel), max(s[3] for s in sel)
+
+    def peak_pss(self, t0=None, t1=None):
+        sel = [v for t, v in self.pss_samples
+               if (t0 is None or t >= t0) and (t1 is None or t <= t1)]
+        return max(sel) if sel else None
 
     def median_rss(self, t0=None, t1=None):
         sel = sorted(s[1] for s in self.samples
