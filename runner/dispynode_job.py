@@ -12,8 +12,9 @@ through a private message stream:
 The worker compiles the code on ``init``, execs it and runs ``setup`` on
 ``setup``, then forks one child per ``job``; jobs inherit the globals that the
 code and ``setup`` created, which is what dispy's "setup process" provides.
-The next job's child is forked ahead of time (a "spare", waiting on a pipe for
-its job), so a job never waits for a fork; spares are forked by a "zygote", a
+The next jobs' children are forked ahead of time (two "spares", each waiting on
+a pipe for its job and walking the job's code path once with dummy data meanwhile),
+so a job rarely waits for a fork; spares are forked by a "zygote", a
 quiet copy of the worker made once after setup, so that the worker itself never
 forks (a fork write-protects the forking process's memory: every page the
 worker touched afterwards would be copied, about 200 faults and 1 ms of CPU
