@@ -104,17 +104,21 @@ def make_stream_lock():
 class StreamLock:
     """Holds the stream lock for one message.  POSIX locks belong to the process, so a
     forked child and the worker exclude each other, and the kernel drops a killed
-    writer's lock."""
+    writer's lock.  Re-entrant within a process (a POSIX lock is not: the inner unlock
+    would release it)."""
 
     def __init__(self, fd):
         self.fd = fd
+        self.depth = 0
 
     def __enter__(self):
-        if self.fd is not None:
+        if self.fd is not None and self.depth == 0:
             fcntl.lockf(self.fd, fcntl.LOCK_EX)
+        self.depth += 1
 
     def __exit__(self, *exc):
-        if self.fd is not None:
+        self.depth -= 1
+        if self.fd is not None and self.depth == 0:
             fcntl.lockf(self.fd, fcntl.LOCK_UN)
 
 
@@ -903,7 +907,7 @@ class Worker:
                 job.gate = None
 
     def _op_kill(self, header, blob):
-        for job in self.jobs.values():
+        for job in list(self.jobs.values()):  # _kill may finish (forget) an orphan
             if job.id == header.get('id'):
                 self._kill(job)
 
@@ -948,9 +952,7 @@ class Worker:
                 exit_code = 0
                 return
             reply, result = self._run_job(*job)
-            if self._send_done(job[0]['id'], reply, result):
-                write_message(result_fd, {'sent': True})
-            else:
+            if not self._send_done(job[0]['id'], reply, result_fd, result):
                 write_message(result_fd, reply, result)
             exit_code = 0
         except BaseException:
@@ -985,10 +987,12 @@ class Worker:
                     pass
         self.ctl_out = self.stream_lock.fd = None
 
-    def _send_done(self, job_id, reply, result):
+    def _send_done(self, job_id, reply, result_fd, result):
         """Send this job's ``done`` to the daemon directly if it fits in one atomic pipe
         write: a write of at most PIPE_BUF bytes is never split or interleaved, not even
-        when the job is killed meanwhile, so the shared stream stays whole."""
+        when the job is killed meanwhile, so the shared stream stays whole.  Then tell the
+        worker, under the same lock: a worker about to kill this job takes the lock first,
+        so it sees either neither or both."""
         if self.stream_lock.fd is None or self.ctl_out is None:
             return False
         header = {'ev': 'done', 'id': job_id}
@@ -998,6 +1002,7 @@ class Worker:
             return False
         with self.stream_lock:
             os.write(self.ctl_out, frame)
+            write_message(result_fd, {'sent': True})
         return True
 
     @staticmethod
@@ -1153,11 +1158,15 @@ class Worker:
                    'stderr': None, 'exception': explanation, 'signal': sig,
                    'exit_code': exit_code}, pickle.dumps(None, RESULT_PROTOCOL))
 
-    @staticmethod
-    def _kill(job):
-        # The job is still in self.jobs, so not reaped (its exit not reported): neither id can
-        # have been reused.
-        _kill_group(job.pid)
+    def _kill(self, job):
+        # Under the stream lock, what the child already said comes first: a job that sent
+        # its done to the daemon itself is then known as reported and gets no second
+        # (Terminated) done (_send_done writes both under the lock).
+        with self.stream_lock:
+            self._on_job_output(job)
+            # The job is still in self.jobs, so not reaped (its exit not reported): neither
+            # id can have been reused.
+            _kill_group(job.pid)
 
     def _kill_all(self, report):
         self._discard_spares()

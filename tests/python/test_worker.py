@@ -85,6 +85,11 @@ CODE = textwrap.dedent('''\
             return kwargs['tag'], b'x' * arg
         if kind == 'stop_worker':
             os.kill(kwargs['worker'], signal.SIGSTOP)
+            for _ in range(500):  # until it is stopped, so the result cannot come through it
+                with open('/proc/%d/stat' % kwargs['worker']) as fd:
+                    if fd.read().rsplit(')', 1)[1].split()[0] == 'T':
+                        break
+                time.sleep(0.01)
             return b'x' * arg
         if kind == 'daemonize':
             if os.fork() == 0:
@@ -396,6 +401,18 @@ class JobTests(WorkerTestCase):
         self.assertEqual((done['id'], done['status'], len(pickle.loads(result))), (2, 11, 100000))
         self.assertEqual(worker.run_job('echo', 'next')[1], 'next')
         with self.assertRaises(AssertionError):  # no second done for jobs 1 and 2
+            worker.recv(timeout=0.5)
+
+    def test_kill_after_a_direct_done_sends_no_second_done(self):
+        # The daemon may terminate a job whose done the job itself has just sent: the worker
+        # must not report it again as Terminated.
+        worker = self.ready()
+        for i in range(20):
+            header, value = worker.run_job('echo', i)
+            self.assertEqual(value, i)
+            worker.send({'op': 'kill', 'id': 1})
+        self.assertEqual(worker.run_job('echo', 'last')[1], 'last')
+        with self.assertRaises(AssertionError):
             worker.recv(timeout=0.5)
 
     def test_outcomes_of_both_paths_interleave_whole(self):
