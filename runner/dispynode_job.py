@@ -992,7 +992,9 @@ class Worker:
         write: a write of at most PIPE_BUF bytes is never split or interleaved, not even
         when the job is killed meanwhile, so the shared stream stays whole.  Then tell the
         worker, under the same lock: a worker about to kill this job takes the lock first,
-        so it sees either neither or both."""
+        so it sees either neither or both.  A kill from outside between the two (the
+        daemon kills a job's cgroup as soon as its done arrives) makes the worker report the
+        job once more; the daemon keeps a job's first done."""
         if self.stream_lock.fd is None or self.ctl_out is None:
             return False
         header = {'ev': 'done', 'id': job_id}

@@ -98,15 +98,15 @@ impl Node {
                     mut header,
                     result,
                 } => {
-                    if !self.has_job_of(id, compute_id) {
-                        continue;
-                    }
-                    let (pid, cg) = self
-                        .lock()
-                        .jobs
-                        .get_mut(&id)
-                        .map(|j| (j.pid, j.cgroup.take()))
-                        .unwrap_or((None, None));
+                    // The first done of one of this computation's jobs counts (job code can
+                    // write to this stream too; see also `done_seen`).
+                    let (pid, cg) = match self.lock().jobs.get_mut(&id) {
+                        Some(j) if j.compute_id == compute_id && !j.done_seen => {
+                            j.done_seen = true;
+                            (j.pid, j.cgroup.take())
+                        }
+                        _ => continue,
+                    };
                     if let Some(pid) = pid {
                         self.procs.remove(pid);
                     }

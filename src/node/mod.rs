@@ -106,6 +106,9 @@ pub(crate) struct RunningJob {
     pub xfer_files: Vec<PathBuf>,
     /// The job has ended and its reply is being delivered (or saved).
     pub finishing: bool,
+    /// Its worker's first `done` has arrived: a later one (a job killed, with its cgroup,
+    /// right after sending its own done, is reported again by the worker) is ignored.
+    pub done_seen: bool,
     /// The job's own cgroup (program jobs, with cgroup v2).
     pub cgroup: Option<crate::sandbox::JobCgroup>,
 }

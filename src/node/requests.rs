@@ -576,6 +576,7 @@ impl Node {
                             pid: None,
                             xfer_files,
                             finishing: false,
+                            done_seen: false,
                             cgroup: None,
                         },
                     );
