@@ -92,6 +92,18 @@ def write_message(fd, header, blob=b''):
     write_all(fd, blob)
 
 
+def _fd_ids(*fds):
+    """(device, inode) of each fd, None for a closed one (or None)."""
+    ids = []
+    for fd in fds:
+        try:
+            st = os.fstat(fd)
+            ids.append((st.st_dev, st.st_ino))
+        except (OSError, TypeError):
+            ids.append(None)
+    return ids
+
+
 def make_stream_lock():
     """A private file whose POSIX record lock serialises the writers of the daemon's
     stream (the worker and its job children); None if there is none to be had."""
@@ -946,12 +958,21 @@ class Worker:
             # What the job forks without exec (multiprocessing) must not hold the daemon's
             # stream: it would hide the worker's end from the daemon (exec closes it anyway).
             os.register_at_fork(after_in_child=self._drop_stream)
+            ours = _fd_ids(result_fd, self.ctl_out, self.stream_lock.fd)
             self._warm_up()
             job = self._await_job(job_fd)
             if job is None:  # discarded before it got a job
                 exit_code = 0
                 return
             reply, result = self._run_job(*job)
+            # Job code may have closed our fds and opened files that got their numbers: write
+            # to them only if they are still our pipes (else exit without an outcome, which the
+            # worker reports; never a result into a file of the job's).
+            now = _fd_ids(result_fd, self.ctl_out, self.stream_lock.fd)
+            if now[0] != ours[0]:
+                raise RuntimeError('the job replaced its result pipe (fd %d)' % result_fd)
+            if now[1:] != ours[1:]:
+                self.ctl_out = None  # not ours any more: the outcome goes through the worker
             if not self._send_done(job[0]['id'], reply, result_fd, result):
                 write_message(result_fd, reply, result)
             exit_code = 0

@@ -91,6 +91,16 @@ CODE = textwrap.dedent('''\
                         break
                 time.sleep(0.01)
             return b'x' * arg
+        if kind == 'reuse_fds':
+            # Put a file of its own in place of every fd above stderr.
+            files = []
+            for fd in sorted(int(n) for n in os.listdir('/proc/self/fd')):
+                if fd > 2 and fd < arg:
+                    f = open('reused%d' % fd, 'w+')
+                    files.append(f)
+                    if f.fileno() != fd:
+                        os.dup2(f.fileno(), fd)
+            return len(files)
         if kind == 'daemonize':
             if os.fork() == 0:
                 os.setsid()
@@ -402,6 +412,19 @@ class JobTests(WorkerTestCase):
         self.assertEqual(worker.run_job('echo', 'next')[1], 'next')
         with self.assertRaises(AssertionError):  # no second done for jobs 1 and 2
             worker.recv(timeout=0.5)
+
+    def test_job_reusing_our_fd_numbers_gets_no_result_into_its_files(self):
+        # A job that puts files in place of every fd it has: its outcome must not be
+        # written into those files (the job ends without an outcome, reported as such), and
+        # the next job runs normally.
+        worker = self.ready()
+        header, value = worker.run_job('reuse_fds', 256)
+        self.assertEqual(header['status'], 9, header)
+        self.assertIn('without a result', header['exception'])
+        for name in os.listdir(self.dest):
+            if name.startswith('reused'):
+                self.assertEqual(os.path.getsize(os.path.join(self.dest, name)), 0, name)
+        self.assertEqual(worker.run_job('echo', 'after')[1], 'after')
 
     def test_kill_after_a_direct_done_sends_no_second_done(self):
         # The daemon may terminate a job whose done the job itself has just sent: the worker
