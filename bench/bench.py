@@ -284,20 +284,16 @@ def summarize(runs, raws, params, floor_runs=(), cores=2):
     # plus the floor of the job's process -- a node that used no CPU at all would reach it.
     fork_exit = median(vals.get('floor_fork_exit_ms', {}).get('both', []))
     spawn_sh = median(vals.get('floor_spawn_sh_ms', {}).get('both', []))
-    for key, client, floor in (('jobs_bound', 'jobs_client_cpu_ms', fork_exit),
-                               ('prog_bound', 'prog_client_cpu_ms', spawn_sh)):
-        c = [median(v) for v in (vals.get(client) or {}).values()]
-        if c and floor is not None:
-            vals[key] = {'both': [cores * 1e3 / (min(c) + floor)]}
-    # What the target leaves a node per job on these cores, beyond the client's CPU and the
-    # floor: a node whose own work per job costs more cannot meet it here.
-    for key, rate, times, client, floor in (
-            ('jobs_budget', 'jobs_per_s', 5, 'jobs_client_cpu_ms', fork_exit),
-            ('prog_budget', 'prog_per_s', 3, 'prog_client_cpu_ms', spawn_sh)):
-        ref = (vals.get(rate) or {}).get('ref')
-        c = [median(v) for v in (vals.get(client) or {}).values()]
-        if ref and c and floor is not None:
-            vals[key] = {'both': [cores * 1e3 / (times * median(ref)) - min(c) - floor]}
+    for w, times, floor in (('jobs', 5, fork_exit), ('prog', 3, spawn_sh)):
+        c = [median(v) for v in (vals.get(w + '_client_cpu_ms') or {}).values()]
+        if not c or floor is None:
+            continue
+        vals[w + '_bound'] = {'both': [cores * 1e3 / (min(c) + floor)]}
+        # What the target leaves a node per job on these cores, beyond the client's CPU and
+        # the floor: a node whose own work per job costs more cannot meet it here.
+        ref = (vals.get('jobs_per_s' if w == 'jobs' else 'prog_per_s') or {}).get('ref')
+        if ref:
+            vals[w + '_budget'] = {'both': [cores * 1e3 / (times * median(ref)) - min(c) - floor]}
     out = {}
     for key, per in vals.items():
         out[key] = {impl: {'median': median(v), 'min': min(v), 'max': max(v), 'n': len(v),

@@ -92,6 +92,13 @@ def write_message(fd, header, blob=b''):
     write_all(fd, blob)
 
 
+def done_header(job_id, reply):
+    """The ``done`` message of a job from the reply its child made."""
+    header = {'ev': 'done', 'id': job_id}
+    header.update(reply)
+    return header
+
+
 def _fd_ids(*fds):
     """(device, inode) of each fd, None for a closed one (or None)."""
     ids = []
@@ -995,7 +1002,8 @@ class Worker:
             out.write('')
             value = pickle.loads(pickle.dumps(((0,), {}), RESULT_PROTOCOL))
             frame_head({'ev': 'done', 'id': 0, 'status': FINISHED, 'stdout': out.getvalue(),
-                        'stderr': '', 'exception': None}, len(pickle.dumps(value)))
+                        'stderr': '', 'exception': None},
+                       len(pickle.dumps(value, RESULT_PROTOCOL)))
         except Exception:
             pass
 
@@ -1018,9 +1026,7 @@ class Worker:
         job once more; the daemon keeps a job's first done."""
         if self.stream_lock.fd is None or self.ctl_out is None:
             return False
-        header = {'ev': 'done', 'id': job_id}
-        header.update(reply)
-        frame = frame_head(header, len(result)) + result
+        frame = frame_head(done_header(job_id, reply), len(result)) + result
         if len(frame) > select.PIPE_BUF:
             return False
         with self.stream_lock:
@@ -1109,9 +1115,7 @@ class Worker:
             job.reported = True
             if reply.get('sent'):  # the child sent its done to the daemon itself
                 return
-            header = {'ev': 'done', 'id': job.id}
-            header.update(reply)
-            self.send(header, result)
+            self.send(done_header(job.id, reply), result)
 
     def _close_output(self, job):
         self.selector.unregister(job.fd)
