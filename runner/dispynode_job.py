@@ -41,9 +41,9 @@ import fcntl
 import io
 import json
 import linecache
-import logging
 import os
 import pickle
+import _signal
 import select
 import selectors
 import signal
@@ -67,6 +67,7 @@ READ_SIZE = 1 << 20
 # for the CPUs); with two, each has a whole job's time more.
 SPARES = 2
 _LEN = struct.Struct('>L')
+_SIGCHLD, _SIGINT, _SIGTERM = int(signal.SIGCHLD), int(signal.SIGINT), int(signal.SIGTERM)
 
 
 # ---------------------------------------------------------------- framing
@@ -367,17 +368,58 @@ def make_job_api(link, default_timeout):
     return dispy_provisional_result, dispy_send_file
 
 
-def make_logger():
-    """``dispynode_logger`` for user code.  It writes to the worker's real
-    stderr (the daemon's log), not to a job's captured sys.stderr."""
-    logger = logging.getLogger('dispynode')
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.__stderr__)
-        handler.setFormatter(logging.Formatter('%(asctime)s dispynode - %(message)s'))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
-    return logger
+class Logger:
+    """``dispynode_logger`` for user code: the reference's (pycos.Logger) API and line
+    format.  It writes to the worker's real stderr (the daemon's log), not to a job's
+    captured sys.stderr.  Not the logging module: importing that imports threading,
+    whose at-fork hook makes every job process fork slower (bench/README.md)."""
+
+    DEBUG = 10
+    INFO = 20
+    WARN = WARNING = 30
+    ERROR = 40
+    CRITICAL = FATAL = 50
+
+    def __init__(self, name, stream=None, level=None, log_ms=False):
+        self.name = name
+        self.stream = stream if stream is not None else sys.__stderr__
+        self.log_ms = log_ms
+        self.setLevel(level if level else Logger.INFO)
+
+    def setLevel(self, level):
+        self.level = level
+        self.debug = self.log if level <= Logger.DEBUG else self.nolog
+        self.info = self.log if level <= Logger.INFO else self.nolog
+        self.warn = self.warning = self.log if level <= Logger.WARNING else self.nolog
+        self.error = self.log if level <= Logger.ERROR else self.nolog
+        self.critical = self.fatal = self.log if level <= Logger.FATAL else self.nolog
+
+    def show_ms(self, flag):
+        self.log_ms = bool(flag)
+
+    def log(self, message, *args):
+        now = time.time()
+        if args:
+            message = message % args
+        stamp = time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(now))
+        if self.log_ms:
+            stamp += '.%03d' % (1000 * (now - int(now)))
+        self.stream.write('%s %s - %s\n' % (stamp, self.name, message))
+        self.stream.flush()
+
+    def nolog(self, message, *args):
+        return None
+
+    def flush(self):
+        self.stream.flush()
+
+    shutdown = flush
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc_value, trace):
+        self.shutdown()
 
 
 # ---------------------------------------------------------------- the worker
@@ -507,11 +549,12 @@ class Worker:
         self.code = None
         self.link = None
         self.job_api = None
-        self.logger = make_logger()
+        self.logger = Logger('dispynode')
         self.user_globals = None  # set once setup succeeded
         self.setup_args = ()
         self.spares = []  # the next jobs' children, forked ahead (oldest first)
         self.zygote = None  # forks the spares once setup succeeded
+        self.spare_fds = None  # in the zygote: the fds its spares close (see _job_child)
 
         os.set_blocking(ctl_in, False)
         self.selector = selectors.DefaultSelector()
@@ -859,14 +902,17 @@ class Worker:
             os.set_blocking(wake_r, False)
             os.set_blocking(wake_w, False)
             signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
-            # The spares close these (_close_worker_fds), like the worker's own fds.
             self.wakeup_w = wake_w
-            self.selector = selectors.DefaultSelector()
-            self.selector.register(sock.fileno(), selectors.EVENT_READ)
-            self.selector.register(wake_r, selectors.EVENT_READ)
+            # poll and plain fd numbers, not a selector: less Python touched per fork here
+            # and in every spare (each page written after a fork is copied).
+            self.selector = None
+            poller = select.poll()
+            poller.register(sock.fileno(), select.POLLIN)
+            poller.register(wake_r, select.POLLIN)
+            self.spare_fds = [sock.fileno(), wake_r, wake_w]  # the spares close these
             children = set()
             try:
-                self._zygote_loop(sock, wake_r, children)
+                self._zygote_loop(sock, poller, wake_r, children)
             except OSError:  # the worker is gone (its socket closed, a send failed)
                 pass
             # The worker is gone: so are its jobs.
@@ -883,7 +929,7 @@ class Worker:
         finally:
             os._exit(exit_code)
 
-    def _zygote_loop(self, sock, wake_r, children):
+    def _zygote_loop(self, sock, poller, wake_r, children):
         """Until the worker closes its end: keep SPARES spares ready, report reaped children."""
         ready = set()  # spares sent and not taken
         while True:
@@ -898,8 +944,8 @@ class Worker:
                     os.close(new.result_fd)
                 children.add(new.pid)
                 ready.add(new.pid)
-            for key, _ in self.selector.select():
-                if key.fd == wake_r:
+            for fd, _ in poller.poll():
+                if fd == wake_r:
                     try:
                         while os.read(wake_r, 4096):
                             pass
@@ -957,11 +1003,17 @@ class Worker:
         exit_code = 1
         try:
             os.setsid()  # own process group: kill reaches the job's descendants
-            signal.set_wakeup_fd(-1)
-            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            self._close_worker_fds()
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            # _signal, not signal: signal.signal() converts to and from enums, which touches
+            # (copies) dozens of pages in every freshly forked job process.
+            _signal.set_wakeup_fd(-1)
+            _signal.signal(_SIGCHLD, _signal.SIG_DFL)
+            if self.spare_fds is not None:
+                for fd in self.spare_fds:
+                    os.close(fd)
+            else:
+                self._close_worker_fds()
+            _signal.signal(_SIGINT, _signal.default_int_handler)
+            _signal.signal(_SIGTERM, _signal.SIG_DFL)
             # What the job forks without exec (multiprocessing) must not hold the daemon's
             # stream: it would hide the worker's end from the daemon (exec closes it anyway).
             os.register_at_fork(after_in_child=self._drop_stream)

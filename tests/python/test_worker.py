@@ -91,6 +91,18 @@ CODE = textwrap.dedent('''\
                         break
                 time.sleep(0.01)
             return b'x' * arg
+        if kind == 'fds':  # what each fd above stderr is, and whether it is open for writing
+            out = []
+            for n in os.listdir('/proc/self/fd'):
+                try:
+                    kind_of = os.readlink('/proc/self/fd/' + n).split(':')[0]
+                    with open('/proc/self/fdinfo/' + n) as info:
+                        flags = int(info.read().split('flags:')[1].split()[0], 8)
+                except FileNotFoundError:  # listdir's own fd, closed by now
+                    continue
+                if int(n) > 2:
+                    out.append(kind_of + (':w' if flags & 3 else ':r'))
+            return sorted(out)
         if kind == 'reuse_fds':
             # Put a file of its own in place of every fd above stderr.
             files = []
@@ -413,6 +425,16 @@ class JobTests(WorkerTestCase):
         with self.assertRaises(AssertionError):  # no second done for jobs 1 and 2
             worker.recv(timeout=0.5)
 
+    def test_job_holds_only_its_own_fds(self):
+        # Beside stdio a job holds its result pipe, the daemon's stream and the stream's lock:
+        # nothing of the worker's or the
+        # zygote's (control pipes, socket, epoll, wake-up pipe) leaks into user code.
+        worker = self.ready()
+        for _ in range(3):  # spares forked ahead and after a take alike
+            header, value = worker.run_job('fds')
+            self.assertEqual(header['status'], 11, header)
+            self.assertEqual(value, ['/memfd:w', 'pipe:w', 'pipe:w'], value)
+
     def test_job_reusing_our_fd_numbers_gets_no_result_into_its_files(self):
         # A job that puts files in place of every fd it has: its outcome must not be
         # written into those files (the job ends without an outcome, reported as such), and
@@ -624,6 +646,42 @@ class JobTests(WorkerTestCase):
         log = worker.stderr_text()
         for text in ('fd-level-from-shell', 'fd-level-from-job', 'logger-line'):
             self.assertIn(text, log)
+
+    def test_logger_is_the_references_and_no_threading(self):
+        # dispynode_logger has pycos.Logger's API (the reference's) and writes to the
+        # daemon's log.  The worker must not import threading (logging does): its at-fork
+        # hook makes every job process's fork cost about a third more CPU.
+        worker = self.ready(code=textwrap.dedent('''\
+            import sys
+
+            def compute(kind):
+                log = dispynode_logger
+                log.debug('hidden-debug')
+                log.info('shown-info %d', 7)
+                log.setLevel(log.DEBUG)
+                log.show_ms(True)
+                log.debug('shown-debug')
+                log.setLevel(log.ERROR)
+                log.warning('hidden-warning')
+                log.warn('hidden-warn')
+                log.error('shown-error')
+                log.flush()
+                return 'threading' in sys.modules, log.level, type(log).__name__
+            '''))
+        header, value = worker.run_job('log')
+        self.assertEqual((header['status'], header['stderr']), (11, ''))
+        # Some interpreters import threading at start-up (a site .pth file): the worker
+        # must add no import of it.
+        bare = subprocess.run([sys.executable, '-c', 'import sys; print("threading" in sys.modules)'],
+                              capture_output=True, text=True, check=True, timeout=30).stdout.strip()
+        self.assertEqual(value, (bare == 'True', 40, 'Logger'))
+        worker.stop()
+        log = worker.stderr_text()
+        self.assertRegex(log, r'\d{4}-\d\d-\d\d \d\d:\d\d:\d\d dispynode - shown-info 7\n')
+        self.assertRegex(log, r'\d\d:\d\d:\d\d\.\d{3} dispynode - shown-debug\n')
+        self.assertIn('dispynode - shown-error\n', log)
+        for hidden in ('hidden-debug', 'hidden-warning', 'hidden-warn'):
+            self.assertNotIn(hidden, log)
 
     def test_output_is_valid_utf8(self):
         worker = self.ready()
