@@ -41,6 +41,7 @@ import fcntl
 import io
 import json
 import linecache
+import marshal
 import os
 import pickle
 import _signal
@@ -79,18 +80,47 @@ def write_all(fd, data):
         view = view[os.write(fd, view):]
 
 
-def frame_head(header, blob_len):
-    """Length, JSON header and blob length of one framed message.  Invalid UTF-8
-    (lone surrogates in captured output) is replaced, because the Rust side requires
-    valid UTF-8 JSON."""
-    text = json.dumps(header, ensure_ascii=False).encode('utf-8', 'replace')
+def _not_json(value):
+    raise TypeError('%s is not JSON serializable' % type(value).__name__)
+
+
+# One JSON encoder, made once: json.dumps makes a JSONEncoder and a C encoder on every call,
+# which in a freshly forked job process means dozens more pages touched (copied).
+_JSON_CHUNKS = (json.encoder.c_make_encoder(None, _not_json, json.encoder.encode_basestring, None,
+                                            ':', ',', False, False, True)
+                if json.encoder.c_make_encoder else None)
+
+
+def to_json(header):
+    if _JSON_CHUNKS is None:
+        return json.dumps(header, ensure_ascii=False, separators=(',', ':'))
+    return ''.join(_JSON_CHUNKS(header, 0))
+
+
+def frame_head(header, blob_len, encode=None):
+    """Length, header and blob length of one framed message.  The header is JSON (invalid
+    UTF-8, lone surrogates in captured output, is replaced: the Rust side requires valid
+    UTF-8 JSON), or what ``encode`` makes of it."""
+    if encode is None:
+        text = to_json(header).encode('utf-8', 'replace')
+    else:
+        text = encode(header)
     return _LEN.pack(len(text)) + text + _LEN.pack(blob_len)
 
 
-def write_message(fd, header, blob=b''):
+def write_message(fd, header, blob=b'', encode=None):
     """Send one framed message."""
-    write_all(fd, frame_head(header, len(blob)))
+    write_all(fd, frame_head(header, len(blob), encode))
     write_all(fd, blob)
+
+
+def _from_json(data):
+    return json.loads(data.decode('utf-8'))
+
+
+# Worker -> job child, the one message whose both ends are this file and this interpreter:
+# marshal, C alone, where json runs Python code (and touches its pages) in every fresh child.
+_JOB_ENCODING = (marshal.dumps, marshal.loads)
 
 
 def done_header(job_id, reply):
@@ -146,8 +176,9 @@ class FrameBuffer:
     """Accumulates bytes read from a non-blocking stream and cuts them into
     (header, blob) messages, so the worker never blocks on one peer."""
 
-    def __init__(self):
+    def __init__(self, decode=_from_json):
         self._buf = bytearray()
+        self._decode = decode
 
     def feed(self, data):
         self._buf += data
@@ -164,7 +195,7 @@ class FrameBuffer:
         end = blob_start + _LEN.unpack_from(buf, 4 + header_len)[0]
         if len(buf) < end:
             return None
-        header = json.loads(bytes(buf[4:4 + header_len]).decode('utf-8'))
+        header = self._decode(bytes(buf[4:4 + header_len]))
         with memoryview(buf) as view:  # one copy of a possibly huge blob
             blob = bytes(view[blob_start:end])
         del buf[:end]
@@ -705,7 +736,7 @@ class Worker:
             # retry with a fresh spare sends the new pid).
             self.send({'ev': 'started', 'id': header['id'], 'pid': spare.pid})
             try:
-                write_message(spare.job_w, header, blob)
+                write_message(spare.job_w, header, blob, _JOB_ENCODING[0])
                 break
             except OSError:  # the spare died meanwhile (killed from outside): take a fresh one
                 spare.discard()
@@ -1046,9 +1077,9 @@ class Worker:
         try:
             os.chdir(self.config['dest_path'])
             lookup(self.user_globals, self.config['name'])
-            inbox = FrameBuffer()
+            inbox = FrameBuffer(_JOB_ENCODING[1])
             inbox.feed(frame_head({'op': 'job', 'id': 0, 'uid': 0, 'hash': '', 'start_time': 0.0,
-                                   'code': None, 'args_len': 0}, 0))
+                                   'code': None, 'args_len': 0}, 0, _JOB_ENCODING[0]))
             inbox.pop()
             out = io.StringIO()
             out.write('')
@@ -1090,7 +1121,7 @@ class Worker:
     def _await_job(job_fd):
         """(header, blob) of this child's job, read from its job pipe; with ``hold``, only
         once the gate byte (``release``) or EOF has followed it.  None on EOF before a job."""
-        inbox = FrameBuffer()
+        inbox = FrameBuffer(_JOB_ENCODING[1])
         msg = None
         while msg is None:
             data = os.read(job_fd, READ_SIZE)
