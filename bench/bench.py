@@ -184,8 +184,8 @@ def raw_copies(args, mib, repeat=3):
 
 
 def floors(args):
-    """bench/floors.py: the least CPU a function job (fork + exit of the worker's Python) and a
-    program job (spawn + run of the script) cost here, whatever the node."""
+    """bench/floors.py: the least CPU a function job (fork of the worker's Python, the function
+    run in it, exit) and a program job (spawn + run of the script) cost here, whatever the node."""
     python = args.our_python or shutil.which('python3', path='/usr/local/bin:/usr/bin:/bin')
     try:
         p = subprocess.run([sys.executable, os.path.join(benchlib.HERE, 'floors.py'), python],
@@ -278,13 +278,14 @@ def summarize(runs, raws, params, floor_runs=(), cores=2):
                 put('raw_' + mode, 'both', raw[mode]['mb_per_s'])
     for f in floor_runs:
         put('floor_fork_exit_ms', 'both', f.get('fork_exit_ms'))
+        put('floor_fork_run_ms', 'both', f.get('fork_run_ms'))
         put('floor_spawn_sh_ms', 'both', f.get('spawn_sh_ms'))
     # The bounds of any node on these cores: the cores divided by the least CPU one job takes
     # whatever the node does -- the client's own CPU per job (the lower of its two medians)
     # plus the floor of the job's process -- a node that used no CPU at all would reach it.
-    fork_exit = median(vals.get('floor_fork_exit_ms', {}).get('both', []))
+    fork_run = median(vals.get('floor_fork_run_ms', {}).get('both', []))
     spawn_sh = median(vals.get('floor_spawn_sh_ms', {}).get('both', []))
-    for w, times, floor in (('jobs', 5, fork_exit), ('prog', 3, spawn_sh)):
+    for w, times, floor in (('jobs', 5, fork_run), ('prog', 3, spawn_sh)):
         c = [median(v) for v in (vals.get(w + '_client_cpu_ms') or {}).values()]
         if not c or floor is None:
             continue
@@ -331,6 +332,8 @@ METRICS = [
         Metric('peak_pss_mib', '  peak PSS, node process tree (shared pages split)', 'MiB',
                'lower', '%.1f'),
         Metric('floor_fork_exit_ms', 'floor: fork+exit of the worker Python', 'ms CPU', None, '%.2f'),
+        Metric('floor_fork_run_ms', 'floor: the same, running the function in it', 'ms CPU', None,
+               '%.2f'),
         Metric('jobs_bound', 'bound, any node: cores/(client+floor)', 'jobs/s', None, '%.0f',
                ('bound', 5, 'jobs_per_s')),
         Metric('jobs_budget', 'node CPU left per job at 5x ref', 'ms', None, '%.2f',
@@ -425,7 +428,7 @@ def render(summary, counts, machine, params, config, runs=()):
                 better = '%.2fx' % (1 / ratio) if ratio > 0 else 'inf'
             target = ''
             if m.target:
-                kind, tv = m.target
+                kind, tv = m.target[:2]  # a bound or budget row without its data lands here too
                 if kind == 'ratio' and ratio:
                     target = '>=%gx %s' % (tv, 'met' if ratio >= tv else 'NOT met')
                 elif kind == 'inv' and ratio:
