@@ -70,8 +70,9 @@ def one_run(args, impl, workload, param, rnd, attempt):
         rec['idle'] = node.idle_rss(args.idle_wait)
         # The sampler scans /proc (about 2 ms of CPU a time): in the latency runs it samples
         # less often, so that it does not compete with what it measures.
+        # (the sequential run's window can be shorter than 0.25 s: PSS at every sample there)
         sampler = node.start_sampler(args.seq_sample_interval if workload == 'seq'
-                                     else args.sample_interval)
+                                     else args.sample_interval, 1 if workload == 'seq' else None)
         busy0, bench_cpu0 = benchlib.cpu_busy()[0], time.process_time()
         run = benchlib.run_client(args.venv, workload, node.port, param, timeout=args.timeout,
                                   stall=args.stall, node_alive=node.alive)
@@ -117,10 +118,13 @@ def one_run(args, impl, workload, param, rnd, attempt):
                 client_cpu = res.get('client_cpu') or 0
                 other = (b[6] - a[6]) - cpu_tree - client_cpu
                 rec['node_cpu']['foreign_cores'] = other / (b[0] - a[0]) if b[0] > a[0] else None
+            # The sequential run's computation lives from before its first to after its last
+            # timed job, and its window can be shorter than the sampling period.
+            pad = sampler.interval if workload == 'seq' else 0.0
             rec['peak_rss_kb'], rec['peak_rss_daemon_kb'], rec['peak_procs'] = \
-                sampler.peak_rss(res['t0'], res['t1'])
+                sampler.peak_rss(res['t0'], res['t1'], pad)
             rec['median_rss_kb'] = sampler.median_rss(res['t0'], res['t1'])
-            rec['peak_pss_kb'] = sampler.peak_pss(res['t0'], res['t1'])
+            rec['peak_pss_kb'] = sampler.peak_pss(res['t0'], res['t1'], pad * sampler.pss_every)
         else:
             rec['peak_rss_kb'], rec['peak_rss_daemon_kb'], rec['peak_procs'] = sampler.peak_rss()
         rec['tree_exes'] = sampler.exes
@@ -236,7 +240,7 @@ def summarize(runs, raws, params, floor_runs=(), cores=2):
         for r in ok_recs(runs, impl, 'seq'):
             lat.extend(x for x in r.get('lat_ms') or [])
             put('seq_client_cpu_ms', impl, r['result']['client_cpu_per_job_ms'])
-            put('seq_rss_mib', impl, r['median_rss_kb'] / 1024 if r.get('median_rss_kb') else None)
+            put('seq_rss_mib', impl, r['peak_rss_kb'] / 1024 if r.get('peak_rss_kb') else None)
             put('seq_pss_mib', impl, r['peak_pss_kb'] / 1024 if r.get('peak_pss_kb') else None)
             nc = r.get('node_cpu') or {}
             put('seq_node_ms', impl, nc.get('tree_ms_per_job'))
@@ -344,7 +348,7 @@ METRICS = [
         Metric('seq_p90_ms', 'latency p90', 'ms', 'lower', '%.2f', ('inv', 4)),
         Metric('seq_client_cpu_ms', '  client CPU per job', 'ms', None, '%.2f'),
         Metric('seq_node_ms', '  node CPU per job (tree)', 'ms', 'lower', '%.2f'),
-        Metric('seq_rss_mib', '  RSS with a computation, tree', 'MiB', 'lower', '%.1f'),
+        Metric('seq_rss_mib', '  RSS with a computation, tree (peak)', 'MiB', 'lower', '%.1f'),
         Metric('seq_pss_mib', '  PSS with a computation, tree (peak)', 'MiB', 'lower', '%.1f'),
     ]),
     ('Program jobs (%(prog)d runs of a 2-line shell script)', [

@@ -171,7 +171,7 @@ class TreeSampler(threading.Thread):
     CPU of the root itself and of the whole tree (live processes' own time plus
     what they reaped), and the machine's busy CPU."""
 
-    def __init__(self, root, interval=0.02):
+    def __init__(self, root, interval=0.02, pss_every=None):
         super().__init__(daemon=True)
         self.root = root
         self.interval = interval
@@ -179,7 +179,7 @@ class TreeSampler(threading.Thread):
         # (t, pss_tree): PSS splits pages shared between processes (a forked job and its
         # parent); smaps_rollup walks the page tables, so it is read every 0.25 s only.
         self.pss_samples = []
-        self.pss_every = max(1, round(0.25 / interval))
+        self.pss_every = pss_every or max(1, round(0.25 / interval))
         self.seen = {}         # pid -> starttime, every process seen in the tree
         self.exes = {}         # executable -> how many processes of the tree ran it (seen)
         self._stop_ev = threading.Event()
@@ -225,13 +225,19 @@ class TreeSampler(threading.Thread):
         b = after[0] if after else (self.samples[-1] if self.samples else None)
         return a, b
 
-    def peak_rss(self, t0=None, t1=None):
+    def peak_rss(self, t0=None, t1=None, pad=0.0):
+        """Peaks over the samples in [t0 - pad, t1 + pad]: a window shorter than the sampling
+        period (50 fast sequential jobs) may hold no sample, the ones around it do."""
+        t0 = t0 - pad if t0 is not None else None
+        t1 = t1 + pad if t1 is not None else None
         sel = [s for s in self.samples if (t0 is None or s[0] >= t0) and (t1 is None or s[0] <= t1)]
         if not sel:
             return None, None, None
         return max(s[1] for s in sel), max(s[2] for s in sel), max(s[3] for s in sel)
 
-    def peak_pss(self, t0=None, t1=None):
+    def peak_pss(self, t0=None, t1=None, pad=0.0):
+        t0 = t0 - pad if t0 is not None else None
+        t1 = t1 + pad if t1 is not None else None
         sel = [v for t, v in self.pss_samples
                if (t0 is None or t >= t0) and (t1 is None or t <= t1)]
         return max(sel) if sel else None
@@ -387,8 +393,8 @@ class Node:
                 'daemon_file_kb': status_kb(self.pid, 'RssFile'), 'daemon_pss_kb': pss_kb(self.pid),
                 'tree_kb': sum(vmrss_kb(p) or 0 for p in pids), 'procs': len(pids)}
 
-    def start_sampler(self, interval=0.02):
-        self.sampler = TreeSampler(self.pid, interval)
+    def start_sampler(self, interval=0.02, pss_every=None):
+        self.sampler = TreeSampler(self.pid, interval, pss_every)
         self.sampler.start()
         return self.sampler
 
