@@ -234,6 +234,8 @@ def run_seq(port, n):
     first = submit(c, -1)
     first.finish.wait(WAIT)
     t_first = time.time()
+    # bench/variant.py --seq-pause: let a node finish what it does after set-up first
+    time.sleep(float(os.environ.get('BENCH_SEQ_PAUSE', '0')))
     lat, jobs = [], []
     cpu0, t0, pt_start = cpu_now(), time.time(), time.perf_counter()
     for i in range(n):

@@ -6,8 +6,8 @@
 Builds (unless --variant-bin is given) a copy of the repository whose
 runner/dispynode_job.py is patched in memory with one of worker_micro.py's
 variants (`inline`: jobs run in the worker itself, no fork per job -- the
-ceiling of anything that makes the job process cheaper; `spare-after-done`,
-`gc-freeze`), into its own target directory
+ceiling of anything that makes the job process cheaper; `gc-freeze`, `no-zygote`,
+`no-warm-up`, `prefork-pool` with --modes seq --seq-pause 3), into its own target directory
 (--target-dir, default target/bench-variants), then runs the 1000-job and the
 sequential workloads against both binaries, alternating, --rounds times.
 The repository itself is not changed.  Writes bench/results/variant-<name>.json.
@@ -64,19 +64,24 @@ def main():
     ap.add_argument('--rounds', type=int, default=3)
     ap.add_argument('--jobs', type=int, default=1000)
     ap.add_argument('--seq', type=int, default=50)
+    ap.add_argument('--modes', default='jobs,seq', help='workloads to run: jobs, seq or both')
+    ap.add_argument('--seq-pause', type=float, default=0.0,
+                    help='seconds the sequential client waits after its first job (prefork-pool)')
     ap.add_argument('--out')
     args = ap.parse_args()
+    modes = [m for m in (('jobs', args.jobs), ('seq', args.seq)) if m[0] in args.modes.split(',')]
     vbin = args.variant_bin or build_variant(args.variant, args.target_dir)
     bins = {'as-is': args.node_bin, args.variant: vbin}
     runs = []
     for rnd in range(args.rounds):
         for name in (list(bins) if rnd % 2 == 0 else list(bins)[::-1]):
-            for mode, n in (('jobs', args.jobs), ('seq', args.seq)):
+            for mode, n in modes:
                 benchlib.wait_quiet(0.5, 15)
                 node = benchlib.Node('ours', args.venv, bins[name]).start()
                 try:
                     r = benchlib.run_client(args.venv, mode, node.port, n, timeout=240, stall=20,
-                                            node_alive=node.alive)
+                                            node_alive=node.alive,
+                                            env={'BENCH_SEQ_PAUSE': str(args.seq_pause)})
                 finally:
                     node.stop()
                 res = r.result or {}

@@ -16,6 +16,9 @@ changed):
                  the zygote): it then takes the copy-on-write faults of every fork
     inline       no process per job: the job runs in the worker itself.  Not a
                  proposal (no isolation), the lower bound of any process reuse
+    no-warm-up   spares do not walk the job's path before their job comes
+    prefork-pool 320 spares forked once, never refilled (for variant.py --seq-pause:
+                 sequential jobs with no fork while they run)
 
 For each: sequential latency (job message -> done message), throughput with 2
 jobs in flight (cpus=2), and CPU of the worker and its children per job (from
@@ -60,6 +63,9 @@ Worker._op_job = _inline_op_job
 
 
 START_ZYGOTE = "            self._start_zygote()\n"
+WARM_UP = "            self._warm_up()\n"
+SPARES_LINE = "SPARES = 2\n"
+REFILL = "            while len(ready) < SPARES:\n"
 
 
 def variants(src):
@@ -70,6 +76,15 @@ def variants(src):
         out['gc-freeze'] = v
     if START_ZYGOTE in src:
         out['no-zygote'] = src.replace(START_ZYGOTE, '')
+    if WARM_UP in src:
+        out['no-warm-up'] = src.replace(WARM_UP, '')
+    if SPARES_LINE in src and REFILL in src:
+        # 320 spares forked once, never refilled: with a pause before the timed jobs (variant.py
+        # --seq-pause) no fork happens while they run -- what the refill's CPU costs them.
+        out['prefork-pool'] = src.replace(SPARES_LINE, 'SPARES = 320\n_FORKED = [0]\n').replace(
+            REFILL, REFILL.replace('while len(ready) < SPARES:',
+                                   'while len(ready) < SPARES and _FORKED[0] < SPARES:\n'
+                                   '                _FORKED[0] += 1'))
     if MAIN in src:
         i = src.rindex(MAIN)
         # No process per job, so no zygote and no spare either.
@@ -228,6 +243,8 @@ def main():
     res = {}
     for rep in range(args.repeat):
         for name, v in variants(src).items():
+            if name == 'prefork-pool':  # for variant.py (--seq-pause): no pause here
+                continue
             r = measure(args.python, v, args.jobs)
             res.setdefault(name, []).append(r)
             benchlib.log('%-9s %s' % (name, ', '.join('%s %.2f' % kv for kv in r.items())))

@@ -28,6 +28,13 @@ Larger outcomes go over that pipe, and the worker sends the ``done`` as soon
 as the outcome is complete (the child's exit and reaping happen off the job's
 critical path), or once the child has been reaped if it sent none.
 
+What a fresh job process runs before its job is kept small, because every page it
+writes to after the fork is copied (even a reference count is a write): the worker
+imports nothing that registers at-fork hooks (``threading``, so no ``logging``), the
+child resets its signals through ``_signal`` (``signal`` converts to and from enums),
+and its job message comes from the worker in ``marshal`` (both ends are this file in
+this interpreter), not JSON.  ``bench/README.md`` has the measurements.
+
 Jobs talk to the client directly for ``dispy_provisional_result`` and
 ``dispy_send_file``: the wire format there is dispy's (framed pickles of
 ``dispy._JobReply`` / ``dispy._XferFile``), built by hand because the node has
