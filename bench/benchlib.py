@@ -225,26 +225,24 @@ class TreeSampler(threading.Thread):
         b = after[0] if after else (self.samples[-1] if self.samples else None)
         return a, b
 
+    @staticmethod
+    def _within(t, t0, t1, pad=0.0):
+        """t in [t0 - pad, t1 + pad] (an open end if None).  A window shorter than the sampling
+        period (50 fast sequential jobs) may hold no sample; with pad, the ones around it count."""
+        return (t0 is None or t >= t0 - pad) and (t1 is None or t <= t1 + pad)
+
     def peak_rss(self, t0=None, t1=None, pad=0.0):
-        """Peaks over the samples in [t0 - pad, t1 + pad]: a window shorter than the sampling
-        period (50 fast sequential jobs) may hold no sample, the ones around it do."""
-        t0 = t0 - pad if t0 is not None else None
-        t1 = t1 + pad if t1 is not None else None
-        sel = [s for s in self.samples if (t0 is None or s[0] >= t0) and (t1 is None or s[0] <= t1)]
+        sel = [s for s in self.samples if self._within(s[0], t0, t1, pad)]
         if not sel:
             return None, None, None
         return max(s[1] for s in sel), max(s[2] for s in sel), max(s[3] for s in sel)
 
     def peak_pss(self, t0=None, t1=None, pad=0.0):
-        t0 = t0 - pad if t0 is not None else None
-        t1 = t1 + pad if t1 is not None else None
-        sel = [v for t, v in self.pss_samples
-               if (t0 is None or t >= t0) and (t1 is None or t <= t1)]
+        sel = [v for t, v in self.pss_samples if self._within(t, t0, t1, pad)]
         return max(sel) if sel else None
 
     def median_rss(self, t0=None, t1=None):
-        sel = sorted(s[1] for s in self.samples
-                     if (t0 is None or s[0] >= t0) and (t1 is None or s[0] <= t1))
+        sel = sorted(s[1] for s in self.samples if self._within(s[0], t0, t1))
         return sel[len(sel) // 2] if sel else None
 
 

@@ -125,9 +125,9 @@ def _from_json(data):
     return json.loads(data.decode('utf-8'))
 
 
-# Worker -> job child, the one message whose both ends are this file and this interpreter:
-# marshal, C alone, where json runs Python code (and touches its pages) in every fresh child.
-_JOB_ENCODING = (marshal.dumps, marshal.loads)
+# The job message from the worker to a job child, the one message whose both ends are this
+# file in this interpreter, has a marshal header: C alone, where json runs Python code (and
+# touches, so copies, its pages) in every fresh child.
 
 
 def done_header(job_id, reply):
@@ -743,7 +743,7 @@ class Worker:
             # retry with a fresh spare sends the new pid).
             self.send({'ev': 'started', 'id': header['id'], 'pid': spare.pid})
             try:
-                write_message(spare.job_w, header, blob, _JOB_ENCODING[0])
+                write_message(spare.job_w, header, blob, marshal.dumps)
                 break
             except OSError:  # the spare died meanwhile (killed from outside): take a fresh one
                 spare.discard()
@@ -1084,9 +1084,9 @@ class Worker:
         try:
             os.chdir(self.config['dest_path'])
             lookup(self.user_globals, self.config['name'])
-            inbox = FrameBuffer(_JOB_ENCODING[1])
+            inbox = FrameBuffer(marshal.loads)
             inbox.feed(frame_head({'op': 'job', 'id': 0, 'uid': 0, 'hash': '', 'start_time': 0.0,
-                                   'code': None, 'args_len': 0}, 0, _JOB_ENCODING[0]))
+                                   'code': None, 'args_len': 0}, 0, marshal.dumps))
             inbox.pop()
             out = io.StringIO()
             out.write('')
@@ -1128,7 +1128,7 @@ class Worker:
     def _await_job(job_fd):
         """(header, blob) of this child's job, read from its job pipe; with ``hold``, only
         once the gate byte (``release``) or EOF has followed it.  None on EOF before a job."""
-        inbox = FrameBuffer(_JOB_ENCODING[1])
+        inbox = FrameBuffer(marshal.loads)
         msg = None
         while msg is None:
             data = os.read(job_fd, READ_SIZE)
