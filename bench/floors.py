@@ -5,7 +5,8 @@ floors bench.py divides into the cores to show the bound of each workload.
     python3 bench/floors.py PYTHON [N]      -> one JSON line
 
 * fork_exit_ms: CPU (parent and child) of one fork + _exit of a Python process
-  that has loaded our worker (runner/dispynode_job.py, not run): the least a
+  that has loaded our worker (runner/dispynode_job.py, not run; compiled in
+  another process, as runner/dispynode_boot.py does for the node): the least a
   function job costs when every job is a fresh process, as the protocol's
   semantics (and the reference) require.  Measured with PYTHON, the
   interpreter our node runs its worker with.
@@ -28,9 +29,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.join(HERE, os.pardir, 'runner', 'dispynode_job.py')
 
 FORK_EXIT = r'''
-import os, resource, sys, json
-src = open(sys.argv[1]).read()
-exec(compile(src, 'dispynode_job', 'exec'), {'__name__': 'dispynode_job'})
+import os, resource, sys, json, marshal
+with open(sys.argv[1], 'rb') as fd:
+    exec(marshal.loads(fd.read()), {'__name__': 'dispynode_job'})
 n = int(sys.argv[2])
 def cpu(who):
     r = resource.getrusage(who)
@@ -102,8 +103,14 @@ def spawn_sh(n):
 def main():
     python = sys.argv[1] if len(sys.argv) > 1 else sys.executable
     n = int(sys.argv[2]) if len(sys.argv) > 2 else 500
-    out = json.loads(subprocess.run([python, '-c', FORK_EXIT, WORKER, str(n)], check=True,
-                                    capture_output=True, text=True, timeout=300).stdout)
+    with tempfile.TemporaryDirectory(prefix='dispynode-floor-') as d:
+        code = os.path.join(d, 'worker.marshal')
+        subprocess.run([python, '-c', 'import marshal, sys\n'
+                        'src = open(sys.argv[1]).read()\n'
+                        'open(sys.argv[2], "wb").write(marshal.dumps(compile(src, "w", "exec")))',
+                        WORKER, code], check=True, timeout=300)
+        out = json.loads(subprocess.run([python, '-c', FORK_EXIT, code, str(n)], check=True,
+                                        capture_output=True, text=True, timeout=300).stdout)
     out['spawn_sh_ms'] = spawn_sh(n)
     out['python'] = python
     print(json.dumps(out))

@@ -40,6 +40,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import benchlib  # noqa: E402
 
 WORKER = os.path.join(benchlib.REPO, 'runner', 'dispynode_job.py')
+# The worker is started as the daemon starts it: `-c BOOT SOURCE` (src/node/worker.rs).
+with open(os.path.join(benchlib.REPO, 'runner', 'dispynode_boot.py')) as _fd:
+    BOOT = _fd.read()
 _LEN = struct.Struct('>L')
 
 SETUP_END = "        self.user_globals = user_globals\n        self.setup_args = setup_args\n        return None"
@@ -95,7 +98,7 @@ def variants(src):
 
 class Drv:
     def __init__(self, python, src, cwd):
-        self.p = subprocess.Popen([python, '-c', src], cwd=cwd, stdin=subprocess.PIPE,
+        self.p = subprocess.Popen([python, '-c', BOOT, src], cwd=cwd, stdin=subprocess.PIPE,
                                   stdout=subprocess.PIPE, stderr=open(os.path.join(cwd, 'worker.err'), 'wb'))
         self.buf = b''
 

@@ -296,14 +296,13 @@ impl Node {
         let leaf = self
             .leaf_cgroup(cgroup, "worker")
             .map(|l| l.path().to_owned());
-        let src: &std::ffi::OsStr = worker::WORKER_SOURCE.as_ref();
         let cmd = self.jailed(
             dir,
             leaf,
             Vec::new(),
             None,
             &self.python.exe,
-            &["-c".as_ref(), src],
+            &worker::worker_args(),
         );
         let w = worker::Worker::spawn(cmd, tx).map_err(|e| e.to_string())?;
         let pid = w.pid.and_then(|p| i32::try_from(p).ok());

@@ -21,6 +21,16 @@ const INLINE_BLOB: usize = 64 * 1024;
 /// The worker's source, embedded so the daemon is one self-contained binary.
 pub const WORKER_SOURCE: &str = include_str!("../../runner/dispynode_job.py");
 
+/// What `python3 -c` runs: it compiles `WORKER_SOURCE` (the next argument) in a short-lived
+/// child and runs the result, so the parser's garbage never lands in the heap that every job
+/// process is forked from (runner/dispynode_boot.py says what that costs).
+pub const BOOT_SOURCE: &str = include_str!("../../runner/dispynode_boot.py");
+
+/// The interpreter's arguments that start a worker.
+pub fn worker_args() -> [&'static std::ffi::OsStr; 3] {
+    ["-c".as_ref(), BOOT_SOURCE.as_ref(), WORKER_SOURCE.as_ref()]
+}
+
 #[derive(Debug, Error)]
 pub enum WorkerError {
     #[error("could not start the Python worker ({python}): {source}")]

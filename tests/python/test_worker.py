@@ -31,6 +31,9 @@ WORKER_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                            os.pardir, os.pardir, 'runner', 'dispynode_job.py')
 with open(WORKER_PATH) as _fd:
     WORKER_SOURCE = _fd.read()
+BOOT_PATH = os.path.join(os.path.dirname(WORKER_PATH), 'dispynode_boot.py')
+with open(BOOT_PATH) as _fd:
+    BOOT_SOURCE = _fd.read()
 
 FILE_CHUNK = 1024000
 LEN = struct.Struct('>L')
@@ -212,8 +215,9 @@ class WorkerProcess:
     """One worker, spoken to as the daemon does.  A reader thread drains its
     stdout so that big results never block it."""
 
-    def __init__(self, as_script=False):
-        command = [WORKER_PATH] if as_script else ['-c', WORKER_SOURCE]
+    def __init__(self, as_script=False, command=None):
+        if command is None:  # as the daemon starts it (src/node/worker.rs, worker_args)
+            command = [WORKER_PATH] if as_script else ['-c', BOOT_SOURCE, WORKER_SOURCE]
         self.stderr = tempfile.TemporaryFile()
         self.proc = subprocess.Popen([sys.executable] + command,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -682,6 +686,36 @@ class JobTests(WorkerTestCase):
         self.assertIn('dispynode - shown-error\n', log)
         for hidden in ('hidden-debug', 'hidden-warning', 'hidden-warn'):
             self.assertNotIn(hidden, log)
+
+    def test_boot_keeps_the_parsers_garbage_out_of_the_worker(self):
+        # Compiled in the worker itself, the worker's source leaves megabytes of parser
+        # garbage in its heap, which every job's fork and exit then pays for (the boot's
+        # docstring).  Booted, the heap holds the code only; jobs see argv as with -c alone.
+        def heap_kib(worker):
+            kib, current = 0, None
+            with open('/proc/%d/smaps' % worker.proc.pid) as fd:
+                for line in fd:
+                    fields = line.split()
+                    if '-' in fields[0] and not fields[0].endswith(':'):
+                        current = fields[5] if len(fields) > 5 else None
+                    elif fields[0] == 'Rss:' and current == '[heap]':
+                        kib += int(fields[1])
+            return kib
+
+        booted = self.ready(code='import sys\ndef compute(kind):\n    return sys.argv\n')
+        self.assertEqual(booted.run_job('argv')[1], ['-c'])
+        direct = WorkerProcess(command=['-c', WORKER_SOURCE])
+        self.addCleanup(direct.stderr.close)
+        self.addCleanup(direct.stop)
+        direct.send(self.config(CODE))
+        self.assertEqual(direct.expect('init')[0], {'ev': 'init', 'ok': True})
+        self.assertLess(heap_kib(booted) + 1024, heap_kib(direct))
+
+    def test_boot_reports_a_source_that_does_not_compile(self):
+        proc = subprocess.run([sys.executable, '-c', BOOT_SOURCE, 'def broken(:\n'],
+                              capture_output=True, text=True, timeout=30)
+        self.assertNotEqual(proc.returncode, 0)
+        self.assertIn('SyntaxError', proc.stderr)
 
     def test_output_is_valid_utf8(self):
         worker = self.ready()
