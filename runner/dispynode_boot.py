@@ -15,18 +15,18 @@ import os
 import sys
 
 
-def _compiled(source):
-    """The worker's code object, compiled in a child process when possible."""
+def _compiled_in_child(source):
+    """The code object of ``source`` compiled in a child process; None if that fails."""
     try:
         read_fd, write_fd = os.pipe()
     except OSError:
-        return compile(source, '<string>', 'exec')
+        return None
     try:
         pid = os.fork()
     except OSError:
         os.close(read_fd)
         os.close(write_fd)
-        return compile(source, '<string>', 'exec')
+        return None
     if pid == 0:
         status = 1
         try:
@@ -46,9 +46,11 @@ def _compiled(source):
         chunks.append(chunk)
     os.close(read_fd)
     _, status = os.waitpid(pid, 0)
-    if status != 0:
-        return compile(source, '<string>', 'exec')
-    return marshal.loads(b''.join(chunks))
+    return marshal.loads(b''.join(chunks)) if status == 0 else None
 
 
-exec(_compiled(sys.argv.pop(1)))
+def _compiled(source):
+    return _compiled_in_child(source) or compile(source, '<string>', 'exec')
+
+
+exec(_compiled(sys.argv.pop(1)))  # the source is not kept: it would be in every job's heap

@@ -127,11 +127,6 @@ def _from_json(data):
     return json.loads(data.decode('utf-8'))
 
 
-# The job message from the worker to a job child, the one message whose both ends are this
-# file in this interpreter, has a marshal header: C alone, where json runs Python code (and
-# touches, so copies, its pages) in every fresh child.
-
-
 def done_header(job_id, reply):
     """The ``done`` message of a job from the reply its child made."""
     header = {'ev': 'done', 'id': job_id}
@@ -745,6 +740,8 @@ class Worker:
             # retry with a fresh spare sends the new pid).
             self.send({'ev': 'started', 'id': header['id'], 'pid': spare.pid})
             try:
+                # marshal, not JSON: both ends are this file in this interpreter, and marshal
+                # is C alone where json runs Python (and touches, so copies, pages) in the child.
                 write_message(spare.job_w, header, blob, marshal.dumps)
                 break
             except OSError:  # the spare died meanwhile (killed from outside): take a fresh one
