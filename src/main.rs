@@ -14,6 +14,13 @@ fn main() -> ExitCode {
     {
         dispynode::sandbox::jail_main(argv);
     }
+    // The program-job spawner: the same, started once per node (single-threaded too).
+    if argv
+        .get(1)
+        .is_some_and(|a| a == dispynode::sandbox::SPAWNER_ARG)
+    {
+        dispynode::sandbox::spawner_main(&argv);
+    }
     // Packaging: the man page and shell completions, generated from the CLI definition.
     if argv
         .get(1)

@@ -299,6 +299,41 @@ fn program_computation() {
         ],
     );
     assert_nothing_outside_prefix(&node);
+    if node.implementation() == Impl::Ours {
+        // The jobs were started by the node's spawner (one, kept for later jobs), not by the
+        // jail helper's fallback.
+        let spawners = children_with_arg(node.pid(), "__spawner");
+        assert_eq!(
+            spawners.len(),
+            1,
+            "spawner processes of the node: {spawners:?}"
+        );
+    }
+}
+
+/// Children of `parent` with `arg` on their command line.
+fn children_with_arg(parent: u32, arg: &str) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        let ppid = stat
+            .rsplit(')')
+            .next()
+            .and_then(|r| r.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if ppid == Some(parent) && cmdline.split(|b| *b == 0).any(|a| a == arg.as_bytes()) {
+            found.push(pid);
+        }
+    }
+    found
 }
 
 const CANCEL_CHECKS: [&str; 11] = [

@@ -247,38 +247,68 @@ impl Node {
             ("dispy_node_ip_addr".to_owned(), node_ip),
             ("dispy_node_name".to_owned(), self.cfg.name.clone()),
         ];
-        let rest: Vec<&std::ffi::OsStr> = argv[1..].iter().map(|a| a.as_ref()).collect();
-        let mut cmd = self.jailed(
+        let spec = self.job_spec(
             dir,
             cgroup.as_ref().map(|c| c.path().to_owned()),
             env,
             Some(dir),
-            &argv[0],
-            &rest,
         );
-        let child = match cmd.spawn() {
-            Ok(c) => c,
+        let n = self.clone();
+        tokio::spawn(async move { n.run_program_job(id, spec, argv, cgroup).await });
+    }
+
+    /// Starts a program job (through the spawner, else the jail helper), waits for it and
+    /// finishes it with its exit status and output.
+    async fn run_program_job(
+        self: Arc<Self>,
+        id: u64,
+        spec: crate::sandbox::JailSpec,
+        argv: Vec<String>,
+        cgroup: Option<crate::sandbox::JobCgroup>,
+    ) {
+        let started = match self.spawner().await {
+            Some(sp) => match start_spawned(&sp, spec.clone(), &argv).await {
+                // Gone (it died meanwhile) or broken: once more through the helper.
+                Err(crate::sandbox::SpawnerError::Gone | crate::sandbox::SpawnerError::Io(_)) => {
+                    self.start_jailed(&spec, &argv)
+                }
+                Err(e) => Err(e.to_string()),
+                Ok(s) => Ok(s),
+            },
+            None => self.start_jailed(&spec, &argv),
+        };
+        let ProgramProcess {
+            pid,
+            stdout,
+            stderr,
+            exit,
+        } = match started {
+            Ok(p) => p,
             Err(e) => {
-                let n = self.clone();
                 let msg = format!("could not run {}: {e}", argv[0]);
-                tokio::spawn(async move { n.finish_job(id, Outcome::Failed(msg)).await });
-                return;
+                return self.finish_job(id, Outcome::Failed(msg)).await;
             }
         };
-        let pid = child.id().and_then(|p| i32::try_from(p).ok());
-        if let Some(j) = self.lock().jobs.get_mut(&id) {
-            j.pid = pid;
-            j.cgroup = cgroup.clone();
-        }
+        let terminated = match self.lock().jobs.get_mut(&id) {
+            Some(j) => {
+                j.pid = pid;
+                j.cgroup = cgroup.clone();
+                j.terminated
+            }
+            None => true,
+        };
         if let Some(pid) = pid {
             self.record_job_process(pid, None);
+            if terminated {
+                // Terminated while it was being started (it had no pid to kill then).
+                let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+            }
         }
-        let n = self.clone();
-        let mut child = child;
-        let out_task = tokio::spawn(read_capped(child.stdout.take()));
-        let err_task = tokio::spawn(read_capped(child.stderr.take()));
-        tokio::spawn(async move {
-            let status = child.wait().await;
+        let out_task = tokio::spawn(read_capped(stdout));
+        let err_task = tokio::spawn(read_capped(stderr));
+        let n = self;
+        {
+            let status = exit.wait().await;
             if let Some(pid) = pid {
                 n.procs.remove(pid);
                 // Whatever the program left running in its process group goes with it.
@@ -325,7 +355,28 @@ impl Node {
                 Err(e) => Outcome::Failed(format!("waiting for the program failed: {e}")),
             };
             n.finish_job(id, outcome).await;
-        });
+        }
+    }
+
+    /// The jail helper's way: our binary re-exec'd per job (when there is no spawner).
+    fn start_jailed(
+        &self,
+        spec: &crate::sandbox::JailSpec,
+        argv: &[String],
+    ) -> Result<ProgramProcess, String> {
+        let mut cmd =
+            tokio::process::Command::from(crate::sandbox::jail_command(spec, &argv[0], &argv[1..]));
+        cmd.stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().map_err(|e| e.to_string())?;
+        Ok(ProgramProcess {
+            pid: child.id().and_then(|p| i32::try_from(p).ok()),
+            stdout: child.stdout.take().map(|o| Box::new(o) as BoxedRead),
+            stderr: child.stderr.take().map(|o| Box::new(o) as BoxedRead),
+            exit: ProgramExit::Child(child),
+        })
     }
 
     /// Terminates a running job; its Terminated reply follows through `finish_job`.
@@ -801,6 +852,57 @@ impl Node {
 const MAX_PROGRAM_OUTPUT: usize = 64 << 20;
 /// How long output is still collected after a program exited.
 const OUTPUT_GRACE: Duration = Duration::from_secs(2);
+
+type BoxedRead = Box<dyn tokio::io::AsyncRead + Unpin + Send>;
+
+/// A started program job: its pid, its output and how to wait for it.
+struct ProgramProcess {
+    pid: Option<i32>,
+    stdout: Option<BoxedRead>,
+    stderr: Option<BoxedRead>,
+    exit: ProgramExit,
+}
+
+enum ProgramExit {
+    /// Started by the jail helper: our child.
+    Child(tokio::process::Child),
+    /// Started by the spawner: its wait status comes from there.
+    Spawned(tokio::sync::oneshot::Receiver<i32>),
+}
+
+impl ProgramExit {
+    async fn wait(self) -> std::io::Result<std::process::ExitStatus> {
+        use std::os::unix::process::ExitStatusExt;
+        match self {
+            ProgramExit::Child(mut c) => c.wait().await,
+            ProgramExit::Spawned(rx) => rx
+                .await
+                .map(std::process::ExitStatus::from_raw)
+                .map_err(|_| std::io::Error::other("the spawner exited before the program")),
+        }
+    }
+}
+
+/// Starts a program job through the spawner, with pipes for its stdout and stderr.
+async fn start_spawned(
+    sp: &crate::sandbox::Spawner,
+    spec: crate::sandbox::JailSpec,
+    argv: &[String],
+) -> Result<ProgramProcess, crate::sandbox::SpawnerError> {
+    use nix::fcntl::OFlag;
+    use tokio::net::unix::pipe;
+    let (out_r, out_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(std::io::Error::from)?;
+    let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(std::io::Error::from)?;
+    let spawned = sp.spawn(spec, &argv[0], &argv[1..], out_w, err_w).await?;
+    let stdout = pipe::Receiver::from_owned_fd(out_r)?;
+    let stderr = pipe::Receiver::from_owned_fd(err_r)?;
+    Ok(ProgramProcess {
+        pid: Some(spawned.pid),
+        stdout: Some(Box::new(stdout)),
+        stderr: Some(Box::new(stderr)),
+        exit: ProgramExit::Spawned(spawned.exit),
+    })
+}
 
 async fn read_capped<R: tokio::io::AsyncRead + Unpin>(r: Option<R>) -> Vec<u8> {
     use tokio::io::AsyncReadExt;

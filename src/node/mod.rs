@@ -155,6 +155,8 @@ pub struct Node {
     _lock: leftovers::StateLock,
     /// One resend pass at a time, so a result is never pushed twice at once.
     pub(crate) resending: tokio::sync::Mutex<()>,
+    /// Starts program jobs (sandbox/spawner.rs); made with the first one, again if it dies.
+    pub(crate) spawner: tokio::sync::Mutex<Option<Arc<crate::sandbox::Spawner>>>,
     next_job: AtomicU64,
     shutdown_tx: watch::Sender<bool>,
 }
@@ -645,6 +647,7 @@ pub async fn serve(p: Prepared) -> Result<(), NodeError> {
         notifier,
         _lock: lock,
         resending: tokio::sync::Mutex::new(()),
+        spawner: tokio::sync::Mutex::new(None),
         sign,
         auth: node_auth,
         platform: platform_string(),

@@ -5,12 +5,15 @@
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 
 use tokio::process::Command;
 
 use super::Node;
 use crate::sandbox::cgroup::ComputationCgroup;
-use crate::sandbox::{jail_command, CgroupError, JailSpec, JobCgroup, LandlockPolicy, Limits};
+use crate::sandbox::{
+    jail_command, CgroupError, JailSpec, JobCgroup, LandlockPolicy, Limits, Spawner,
+};
 
 /// `PATH` of jobs; program jobs get their computation directory in front of it.
 const JOB_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
@@ -35,6 +38,24 @@ impl Node {
         program: &str,
         args: &[&OsStr],
     ) -> Command {
+        let spec = self.job_spec(dir, cgroup, extra_env, path_first);
+        let mut cmd = Command::from(jail_command(&spec, program, args));
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        cmd
+    }
+
+    /// The jail of a job of the computation in `dir`: its environment, cgroup or rlimits, and
+    /// landlock policy.
+    pub(crate) fn job_spec(
+        &self,
+        dir: &Path,
+        cgroup: Option<PathBuf>,
+        extra_env: Vec<(String, String)>,
+        path_first: Option<&Path>,
+    ) -> JailSpec {
         // TMPDIR of the jobs: a private directory inside the only place they may write.
         let tmp = dir.join(".tmp");
         let _ = std::fs::create_dir(&tmp);
@@ -58,12 +79,27 @@ impl Node {
             self.sandbox.deny.iter().cloned(),
             false,
         ));
-        let mut cmd = Command::from(jail_command(&spec, program, args));
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        cmd
+        spec
+    }
+
+    /// The node's spawner, started if there is none (or the last one died); None if it
+    /// cannot be started (program jobs then go through the jail helper).
+    pub(crate) async fn spawner(&self) -> Option<Arc<Spawner>> {
+        let mut slot = self.spawner.lock().await;
+        if let Some(sp) = slot.as_ref().filter(|sp| !sp.is_gone()) {
+            return Some(sp.clone());
+        }
+        match Spawner::start(Path::new("/proc/self/exe")) {
+            Ok(sp) => {
+                *slot = Some(sp.clone());
+                Some(sp)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "program jobs go through the jail helper");
+                *slot = None;
+                None
+            }
+        }
     }
 
     /// The cgroup of a new computation, when cgroup v2 is delegated to us.

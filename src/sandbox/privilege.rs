@@ -295,7 +295,8 @@ pub fn drop_daemon_privileges(user: &str, group: &str) -> Result<Dropped, Privil
 /// relies on it must set it again afterwards.
 pub fn switch_identity(uid: Uid, gid: Gid) -> Result<bool, PrivilegeError> {
     unistd::setgroups(&[]).map_err(PrivilegeError::SetGroups)?;
-    let bounding_cleared = drop_bounding_set()?;
+    let bounding_cleared =
+        drop_bounding_set(&ProcStatus::read_thread().map_err(PrivilegeError::Status)?)?;
     unistd::setresgid(gid, gid, gid).map_err(|e| PrivilegeError::SetResGid(gid.as_raw(), e))?;
     unistd::setresuid(uid, uid, uid).map_err(|e| PrivilegeError::SetResUid(uid.as_raw(), e))?;
     Ok(bounding_cleared)
@@ -304,14 +305,13 @@ pub fn switch_identity(uid: Uid, gid: Gid) -> Result<bool, PrivilegeError> {
 /// Clears the bounding set when we can (`CAP_SETPCAP` in the effective set). Without it the
 /// set stays as inherited; that is harmless once the other sets are empty and no_new_privs is
 /// set (nothing can be regained through exec). Returns whether the set is now empty.
-fn drop_bounding_set() -> Result<bool, PrivilegeError> {
-    let bounding =
-        caps::read(None, CapSet::Bounding).map_err(|e| PrivilegeError::Bounding(e.to_string()))?;
-    if bounding.is_empty() {
+/// Clears the bounding set when this thread may (`CAP_SETPCAP` in `st`'s effective set).
+/// Returns whether it is empty now.
+fn drop_bounding_set(st: &ProcStatus) -> Result<bool, PrivilegeError> {
+    if st.cap_bnd == 0 {
         return Ok(true);
     }
-    let can = caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP).unwrap_or(false);
-    if !can {
+    if st.cap_eff & (1 << Capability::CAP_SETPCAP.index()) == 0 {
         return Ok(false);
     }
     caps::clear(None, CapSet::Bounding).map_err(|e| PrivilegeError::Bounding(e.to_string()))?;
@@ -322,22 +322,32 @@ fn drop_bounding_set() -> Result<bool, PrivilegeError> {
 /// [`drop_bounding_set`]), ambient, effective, inheritable, permitted; verifies it in
 /// `/proc/thread-self/status`. Returns whether the bounding set is empty.
 pub fn drop_capabilities() -> Result<bool, PrivilegeError> {
-    let bounding_cleared = drop_bounding_set()?;
+    // One read of the status tells what there is to clear: a process that holds no capability
+    // (the daemon's user, so every job) then makes no other call here (this runs per job).
+    let before = ProcStatus::read_thread().map_err(PrivilegeError::Status)?;
+    let mut changed = false;
+    let bounding_cleared = drop_bounding_set(&before)?;
+    changed |= bounding_cleared && before.cap_bnd != 0;
     // Only the sets that hold something are touched: under a seccomp filter such as systemd's
     // `SystemCallFilter=~@privileged`, `capset` itself fails, and a process that holds no
-    // capability (the daemon's user) must still get through.
-    let before = ProcStatus::read_thread().map_err(PrivilegeError::Status)?;
+    // capability must still get through.
     // Kernels before 4.3 have no ambient set: nothing to clear there.
     if before.cap_amb != 0 && caps::runtime::ambient_set_supported().is_ok() {
         clear_set(CapSet::Ambient, "ambient")?;
+        changed = true;
     }
     if before.cap_eff != 0 || before.cap_prm != 0 || before.cap_inh != 0 {
         // Effective before permitted: capset(2) requires effective ⊆ permitted at every step.
         clear_set(CapSet::Effective, "effective")?;
         clear_set(CapSet::Inheritable, "inheritable")?;
         clear_set(CapSet::Permitted, "permitted")?;
+        changed = true;
     }
-    let st = ProcStatus::read_thread().map_err(PrivilegeError::Status)?;
+    let st = if changed {
+        ProcStatus::read_thread().map_err(PrivilegeError::Status)?
+    } else {
+        before
+    };
     if !st.no_capabilities(bounding_cleared) {
         return Err(PrivilegeError::Verify(format!(
             "capabilities left: CapEff {:016x} CapPrm {:016x} CapInh {:016x} CapAmb {:016x} \

@@ -328,8 +328,8 @@ pub fn jail_main(args: Vec<OsString>) -> ! {
     std::process::exit(err.exit_code())
 }
 
-/// The steps, top to bottom, in the order they are applied.
-fn run(inv: &JailInvocation) -> Result<Infallible, JailError> {
+/// The steps, top to bottom, in the order they are applied (also in the spawner's children).
+pub(super) fn run(inv: &JailInvocation) -> Result<Infallible, JailError> {
     let spec = &inv.spec;
     let parent = spec
         .parent_pid
