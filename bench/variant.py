@@ -9,7 +9,8 @@ variants (`inline`: jobs run in the worker itself, no fork per job -- the
 ceiling of anything that makes the job process cheaper; `gc-freeze`, `no-zygote`,
 `no-warm-up`, `prefork-pool` with --modes seq --seq-pause 3), into its own target directory
 (--target-dir, default target/bench-variants), then runs the 1000-job and the
-sequential workloads against both binaries, alternating, --rounds times.
+sequential workloads (--modes; also `prog`, 200 program jobs, with the node tree's CPU per
+job) against both binaries, alternating, --rounds times.
 The repository itself is not changed.  Writes bench/results/variant-<name>.json.
 """
 
@@ -64,12 +65,14 @@ def main():
     ap.add_argument('--rounds', type=int, default=3)
     ap.add_argument('--jobs', type=int, default=1000)
     ap.add_argument('--seq', type=int, default=50)
-    ap.add_argument('--modes', default='jobs,seq', help='workloads to run: jobs, seq or both')
+    ap.add_argument('--prog', type=int, default=200)
+    ap.add_argument('--modes', default='jobs,seq', help='workloads to run: jobs, seq, prog (comma-separated)')
     ap.add_argument('--seq-pause', type=float, default=0.0,
                     help='seconds the sequential client waits after its first job (prefork-pool)')
     ap.add_argument('--out')
     args = ap.parse_args()
-    modes = [m for m in (('jobs', args.jobs), ('seq', args.seq)) if m[0] in args.modes.split(',')]
+    modes = [m for m in (('jobs', args.jobs), ('seq', args.seq), ('prog', args.prog))
+             if m[0] in args.modes.split(',')]
     vbin = args.variant_bin or build_variant(args.variant, args.target_dir)
     bins = {'as-is': args.node_bin, args.variant: vbin}
     runs = []
@@ -78,26 +81,40 @@ def main():
             for mode, n in modes:
                 benchlib.wait_quiet(0.5, 15)
                 node = benchlib.Node('ours', args.venv, bins[name]).start()
+                sampler = node.start_sampler(0.05) if mode == 'prog' else None
                 try:
                     r = benchlib.run_client(args.venv, mode, node.port, n, timeout=240, stall=20,
                                             node_alive=node.alive,
                                             env={'BENCH_SEQ_PAUSE': str(args.seq_pause)})
                 finally:
+                    if sampler:
+                        sampler.stop()
                     node.stop()
                 res = r.result or {}
+                if sampler and res:
+                    # CPU of the node's whole tree (what it reaped included) per program job.
+                    a, b = sampler.window(res['t0'], res['t1'])
+                    if a and b:
+                        res['node_cpu_ms_per_job'] = (b[5] - a[5]) / n * 1e3
                 rec = {'round': rnd, 'binary': name, 'mode': mode, 'error': r.error, 'wedged': r.wedged,
                        'result': {k: v for k, v in res.items() if k != 'lat_ms'}, 'lat_ms': res.get('lat_ms')}
                 runs.append(rec)
                 log('round %d %-12s %-4s %s' % (rnd, name, mode,
                                                  '%.0f jobs/s, client %.0f%% of a core' % (res['jobs_per_s'], 100 * res['client_util'])
                                                  if mode == 'jobs' and res else
+                                                 '%.0f jobs/s, node %.2f ms CPU per job' % (res['jobs_per_s'], res.get('node_cpu_ms_per_job', float('nan')))
+                                                 if mode == 'prog' and res else
                                                  'median %.2f ms' % res['median_ms'] if res else 'FAILED %s' % r.error))
     summary = {}
     for name in bins:
         rates = [r['result']['jobs_per_s'] for r in runs if r['binary'] == name and r['mode'] == 'jobs' and r['result']]
         utils = [r['result']['client_util'] for r in runs if r['binary'] == name and r['mode'] == 'jobs' and r['result']]
         lat = [x for r in runs if r['binary'] == name and r['mode'] == 'seq' and r['lat_ms'] for x in r['lat_ms']]
+        prog = [r['result'] for r in runs if r['binary'] == name and r['mode'] == 'prog' and r['result']]
+        prog_cpu = [p['node_cpu_ms_per_job'] for p in prog if 'node_cpu_ms_per_job' in p]
         summary[name] = {'jobs_per_s': statistics.median(rates) if rates else None,
+                         'prog_jobs_per_s': statistics.median(p['jobs_per_s'] for p in prog) if prog else None,
+                         'prog_node_cpu_ms_per_job': statistics.median(prog_cpu) if prog_cpu else None,
                          'client_util': statistics.median(utils) if utils else None,
                          'seq_median_ms': statistics.median(lat) if lat else None,
                          'seq_p90_ms': sorted(lat)[int(0.9 * len(lat)) - 1] if lat else None}
@@ -106,11 +123,14 @@ def main():
         json.dump({'summary': summary, 'runs': runs, 'variant': args.variant, 'bins': bins,
                    'machine': benchlib.machine_info(args.venv, args.node_bin)}, fd, indent=1, sort_keys=True)
     for name, s in summary.items():
-        print('%-14s %6s jobs/s (client %s of a core)   sequential median %s ms, p90 %s ms' % (
-            name, '%.0f' % s['jobs_per_s'] if s['jobs_per_s'] else '-',
-            '%.0f%%' % (100 * s['client_util']) if s['client_util'] else '-',
-            '%.2f' % s['seq_median_ms'] if s['seq_median_ms'] else '-',
-            '%.2f' % s['seq_p90_ms'] if s['seq_p90_ms'] else '-'))
+        print('%-14s %6s jobs/s (client %s of a core)   sequential median %s ms, p90 %s ms   '
+              'program jobs %s jobs/s, node %s ms CPU per job' % (
+                  name, '%.0f' % s['jobs_per_s'] if s['jobs_per_s'] else '-',
+                  '%.0f%%' % (100 * s['client_util']) if s['client_util'] else '-',
+                  '%.2f' % s['seq_median_ms'] if s['seq_median_ms'] else '-',
+                  '%.2f' % s['seq_p90_ms'] if s['seq_p90_ms'] else '-',
+                  '%.0f' % s['prog_jobs_per_s'] if s['prog_jobs_per_s'] else '-',
+                  '%.2f' % s['prog_node_cpu_ms_per_job'] if s['prog_node_cpu_ms_per_job'] else '-'))
     log('wrote %s' % out)
 
 

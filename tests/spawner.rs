@@ -154,10 +154,24 @@ async fn landlock_confines_what_the_spawner_starts() {
         "echo in > inside && echo ok; echo out > {}/escaped || echo denied",
         outside.path().display()
     );
-    let ran = run(&start(), s, "/bin/sh", &["-c", &script]).await;
-    assert_eq!(ran.stdout, "ok\ndenied\n", "{}", ran.stderr);
-    assert!(dir.path().join("inside").exists());
-    assert!(!outside.path().join("escaped").exists());
+    let sp = start();
+    // The first job builds the policy's ruleset in the spawner, the second reuses it; a
+    // required policy is built and checked by the child itself, as the jail helper does.
+    let mut required = s.clone();
+    if let Some(p) = required.landlock.as_mut() {
+        p.required = true;
+    }
+    let mut specs = vec![s.clone(), s];
+    if dispynode::sandbox::probe().satisfies_required() {
+        specs.push(required);
+    }
+    for s in specs {
+        let ran = run(&sp, s, "/bin/sh", &["-c", &script]).await;
+        assert_eq!(ran.stdout, "ok\ndenied\n", "{}", ran.stderr);
+        assert!(dir.path().join("inside").exists());
+        assert!(!outside.path().join("escaped").exists());
+        std::fs::remove_file(dir.path().join("inside")).unwrap();
+    }
 }
 
 #[tokio::test]

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 
 use landlock::{
     Access, AccessFs, BitFlags, Erratum, PathBeneath, PathFd, RestrictionStatus, Ruleset,
-    RulesetAttr, RulesetCreatedAttr, RulesetError, RulesetStatus, Scope, ABI,
+    RulesetAttr, RulesetCreated, RulesetCreatedAttr, RulesetError, RulesetStatus, Scope, ABI,
 };
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -102,12 +102,50 @@ pub enum LandlockError {
     Policy { rw: PathBuf, deny: PathBuf },
     #[error("landlock is required but the ruleset is {status} ({landlock})")]
     NotFullyEnforced { status: String, landlock: String },
+    #[error("enforcing the ruleset: {0}")]
+    Restrict(#[source] std::io::Error),
 }
 
 /// Builds the ruleset of `policy` and restricts the calling thread (and what it `exec`s).
 /// Also sets no_new_privs. Returns the achieved status; with `policy.required`, anything short
 /// of full enforcement is an error.
 pub fn restrict_self(policy: &LandlockPolicy) -> Result<RestrictionStatus, LandlockError> {
+    let ruleset = build(policy)?;
+    let status = ruleset.restrict_self()?;
+    if policy.required && status.ruleset != RulesetStatus::FullyEnforced {
+        return Err(LandlockError::NotFullyEnforced {
+            status: format!("{:?}", status.ruleset),
+            landlock: format!("{:?}", status.landlock),
+        });
+    }
+    Ok(status)
+}
+
+/// The ruleset of `policy` as a descriptor, for the spawner: built once per policy (resolving
+/// and opening its paths costs far more than enforcing it), enforced by each child with
+/// [`restrict_self_with`]. None when the kernel has no Landlock: like [`restrict_self`]'s
+/// best effort, nothing to enforce. Not for a `required` policy (its status is checked where
+/// it is enforced, by [`restrict_self`]).
+pub fn build_descriptor(
+    policy: &LandlockPolicy,
+) -> Result<Option<std::os::fd::OwnedFd>, LandlockError> {
+    Ok(build(policy)?.into())
+}
+
+/// Enforces a ruleset made by [`build_descriptor`] on the calling thread and what it `exec`s.
+/// The caller has set no_new_privs (the kernel requires it of an unprivileged thread).
+pub fn restrict_self_with(ruleset: std::os::fd::RawFd) -> std::io::Result<()> {
+    // SAFETY: landlock_restrict_self reads no memory of ours; `ruleset` is a Landlock ruleset
+    // descriptor the caller keeps open for the call.
+    let r = unsafe { libc::syscall(libc::SYS_landlock_restrict_self, ruleset, 0u32) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+fn build(policy: &LandlockPolicy) -> Result<RulesetCreated, LandlockError> {
     let abi = TARGET_ABI;
     let denies: Vec<PathBuf> = policy.deny.iter().map(|d| resolve(d)).collect();
     let mut ruleset = Ruleset::default()
@@ -138,14 +176,7 @@ pub fn restrict_self(policy: &LandlockPolicy) -> Result<RestrictionStatus, Landl
             Err(e) => return Err(e),
         }
     }
-    let status = ruleset.restrict_self()?;
-    if policy.required && status.ruleset != RulesetStatus::FullyEnforced {
-        return Err(LandlockError::NotFullyEnforced {
-            status: format!("{:?}", status.ruleset),
-            landlock: format!("{:?}", status.landlock),
-        });
-    }
-    Ok(status)
+    Ok(ruleset)
 }
 
 /// A rule for `path`, with the directory-only rights removed when it is not a directory (the

@@ -29,6 +29,7 @@ use std::convert::Infallible;
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::OpenOptions;
 use std::io::{self, Write};
+use std::os::fd::RawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -318,7 +319,7 @@ pub fn describe_exit_code(code: i32) -> Option<&'static str> {
 /// becomes the job (`execve`) or exits with the failed step's status.
 pub fn jail_main(args: Vec<OsString>) -> ! {
     let err = match parse_jail_args(&args) {
-        Ok(inv) => match run(&inv) {
+        Ok(inv) => match run(&inv, None) {
             Ok(never) => match never {},
             Err(e) => e,
         },
@@ -328,13 +329,23 @@ pub fn jail_main(args: Vec<OsString>) -> ! {
     std::process::exit(err.exit_code())
 }
 
-/// The steps, top to bottom, in the order they are applied (also in the spawner's children).
-pub(super) fn run(inv: &JailInvocation) -> Result<Infallible, JailError> {
+/// A Landlock ruleset the spawner built for the spec's (not required) policy, kept open
+/// across the fd step: its descriptor, or None when the kernel has no Landlock.
+pub(super) struct Prebuilt(pub Option<RawFd>);
+
+/// The steps, top to bottom, in the order they are applied (also in the spawner's children,
+/// which may bring the Landlock ruleset `prebuilt`).
+pub(super) fn run(
+    inv: &JailInvocation,
+    prebuilt: Option<Prebuilt>,
+) -> Result<Infallible, JailError> {
     let spec = &inv.spec;
     let parent = spec
         .parent_pid
         .unwrap_or_else(|| unistd::getppid().as_raw());
-    close_stray_fds(&spec.keep_fds)?;
+    let mut keep = spec.keep_fds.clone();
+    keep.extend(prebuilt.as_ref().and_then(|p| p.0));
+    close_stray_fds(&keep)?;
     reset_signals()?;
     let envp = job_environment(&spec.env)?;
     if let Some(cgroup) = &spec.cgroup {
@@ -348,7 +359,14 @@ pub(super) fn run(inv: &JailInvocation) -> Result<Infallible, JailError> {
     privilege::drop_capabilities().map_err(JailError::Capabilities)?;
     prctl::set_no_new_privs().map_err(JailError::NoNewPrivs)?;
     if let Some(policy) = &spec.landlock {
-        apply_landlock(policy)?;
+        match prebuilt {
+            Some(Prebuilt(Some(fd))) if !policy.required => {
+                ll::restrict_self_with(fd)
+                    .map_err(|e| JailError::Landlock(LandlockError::Restrict(e)))?;
+            }
+            Some(Prebuilt(None)) if !policy.required => {} // no Landlock: best effort
+            _ => apply_landlock(policy)?,
+        }
     }
     unistd::chdir(&spec.cwd).map_err(|source| JailError::Chdir {
         path: spec.cwd.clone(),

@@ -34,7 +34,7 @@ use thiserror::Error;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::oneshot;
 
-use super::spawn::{run, JailInvocation, JailSpec};
+use super::spawn::{run, JailInvocation, JailSpec, Prebuilt};
 
 /// `argv[1]` that selects the spawner.
 pub const SPAWNER_ARG: &str = "__spawner";
@@ -134,6 +134,7 @@ fn serve(args: &[std::ffi::OsString]) -> io::Result<()> {
     let sock = unsafe { OwnedFd::from_raw_fd(0) };
     let me = std::process::id() as i32;
     let mut buf = vec![0u8; MAX_MESSAGE];
+    let mut rulesets = Rulesets::default();
     loop {
         let mut fds = [
             libc::pollfd {
@@ -165,7 +166,7 @@ fn serve(args: &[std::ffi::OsString]) -> io::Result<()> {
                 return Ok(()); // the daemon closed its end
             };
             let event = match SpawnRequest::decode(&buf[..len]) {
-                Ok(req) => start(req, passed, me),
+                Ok(req) => start(req, passed, me, &mut rulesets),
                 Err(e) => SpawnerEvent::Failed {
                     // The daemon's waiter still learns of it, if the id can be read.
                     id: serde_json::from_slice::<serde_json::Value>(&buf[..len])
@@ -246,8 +247,47 @@ fn reap(sock: &OwnedFd) -> io::Result<()> {
     }
 }
 
+/// Landlock rulesets the spawner built, by policy (its JSON): building one resolves and opens
+/// every path of the policy, the same for every job of a computation; a child only enforces
+/// it (the ruleset holds no path: only what the kernel made of them).
+#[derive(Default)]
+struct Rulesets {
+    built: HashMap<String, Option<OwnedFd>>,
+}
+
+/// More policies than this (computations a node serves at a time, give or take): start over.
+const MAX_RULESETS: usize = 32;
+
+impl Rulesets {
+    /// The prebuilt ruleset of `spec`'s policy. None when the child builds its own, as the
+    /// jail helper does: no policy, a required one (its status is checked there), a spec that
+    /// switches identity (the paths would be opened with other credentials here), or a policy
+    /// that does not build (the child then reports why).
+    fn for_spec(&mut self, spec: &JailSpec) -> Option<Prebuilt> {
+        let policy = spec.landlock.as_ref()?;
+        if policy.required || spec.identity.is_some() {
+            return None;
+        }
+        let key = serde_json::to_string(policy).ok()?;
+        if !self.built.contains_key(&key) {
+            if self.built.len() >= MAX_RULESETS {
+                self.built.clear();
+            }
+            let fd = super::landlock::build_descriptor(policy).ok()?;
+            self.built.insert(key.clone(), fd);
+        }
+        let fd = self.built.get(&key)?;
+        Some(Prebuilt(fd.as_ref().map(|f| f.as_raw_fd())))
+    }
+}
+
 /// Forks the child that becomes the job: stdout and stderr are `passed`, stdin /dev/null.
-fn start(req: SpawnRequest, passed: Vec<OwnedFd>, me: i32) -> SpawnerEvent {
+fn start(
+    req: SpawnRequest,
+    passed: Vec<OwnedFd>,
+    me: i32,
+    rulesets: &mut Rulesets,
+) -> SpawnerEvent {
     let id = req.id;
     let [stdout, stderr] = match <[OwnedFd; 2]>::try_from(passed) {
         Ok(fds) => fds,
@@ -260,6 +300,7 @@ fn start(req: SpawnRequest, passed: Vec<OwnedFd>, me: i32) -> SpawnerEvent {
     };
     let mut spec = req.spec;
     spec.parent_pid = Some(me); // the child's parent is this process, not the daemon
+    let ruleset = rulesets.for_spec(&spec);
     let inv = JailInvocation {
         spec,
         program: req.program.into(),
@@ -272,13 +313,13 @@ fn start(req: SpawnRequest, passed: Vec<OwnedFd>, me: i32) -> SpawnerEvent {
             id,
             error: io::Error::last_os_error().to_string(),
         },
-        0 => child(&inv, &stdout, &stderr),
+        0 => child(&inv, ruleset, &stdout, &stderr),
         pid => SpawnerEvent::Spawned { id, pid },
     }
 }
 
 /// The forked child: its stdio, then the jail's steps, then the program. Never returns.
-fn child(inv: &JailInvocation, stdout: &OwnedFd, stderr: &OwnedFd) -> ! {
+fn child(inv: &JailInvocation, ruleset: Option<Prebuilt>, stdout: &OwnedFd, stderr: &OwnedFd) -> ! {
     let null = std::fs::File::open("/dev/null");
     let wired = null.and_then(|null| {
         for (from, to) in [
@@ -298,7 +339,7 @@ fn child(inv: &JailInvocation, stdout: &OwnedFd, stderr: &OwnedFd) -> ! {
             let _ = writeln!(io::stderr(), "dispynode-jail: stdio: {e}");
             127
         }
-        Ok(()) => match run(inv) {
+        Ok(()) => match run(inv, ruleset) {
             Ok(never) => match never {},
             Err(e) => {
                 let _ = writeln!(io::stderr(), "dispynode-jail: {e}");
