@@ -306,56 +306,53 @@ impl Node {
         }
         let out_task = tokio::spawn(read_capped(stdout));
         let err_task = tokio::spawn(read_capped(stderr));
-        let n = self;
-        {
-            let status = exit.wait().await;
-            if let Some(pid) = pid {
-                n.procs.remove(pid);
-                // Whatever the program left running in its process group goes with it.
-                let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
-            }
-            // A process that left the job's session may still hold the pipes open: take what
-            // arrived within a short grace period rather than wait for it forever.
-            let stdout = collect_output(out_task).await;
-            let stderr = collect_output(err_task).await;
-            let waited = status.map(|status| std::process::Output {
-                status,
-                stdout,
-                stderr,
-            });
-            let limit_hit = match cgroup {
-                Some(cg) => super::spawning::retire_cgroup(cg).await,
-                None => None,
-            };
-            let outcome = match waited {
-                Ok(out) => {
-                    use std::os::unix::process::ExitStatusExt;
-                    let code = out
-                        .status
-                        .code()
-                        .unwrap_or_else(|| -out.status.signal().unwrap_or(0));
-                    let jail_failed = out
-                        .status
-                        .code()
-                        .and_then(crate::sandbox::describe_exit_code)
-                        .is_some()
-                        && out.stderr.starts_with(b"dispynode-jail:");
-                    if jail_failed {
-                        Outcome::Failed(String::from_utf8_lossy(&out.stderr).trim().to_owned())
-                    } else if let Some(reason) = limit_hit {
-                        Outcome::Failed(format!("job killed: {reason}"))
-                    } else {
-                        Outcome::Program {
-                            code,
-                            stdout: out.stdout,
-                            stderr: out.stderr,
-                        }
+        let status = exit.wait().await;
+        if let Some(pid) = pid {
+            self.procs.remove(pid);
+            // Whatever the program left running in its process group goes with it.
+            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        // A process that left the job's session may still hold the pipes open: take what
+        // arrived within a short grace period rather than wait for it forever.
+        let stdout = collect_output(out_task).await;
+        let stderr = collect_output(err_task).await;
+        let waited = status.map(|status| std::process::Output {
+            status,
+            stdout,
+            stderr,
+        });
+        let limit_hit = match cgroup {
+            Some(cg) => super::spawning::retire_cgroup(cg).await,
+            None => None,
+        };
+        let outcome = match waited {
+            Ok(out) => {
+                use std::os::unix::process::ExitStatusExt;
+                let code = out
+                    .status
+                    .code()
+                    .unwrap_or_else(|| -out.status.signal().unwrap_or(0));
+                let jail_failed = out
+                    .status
+                    .code()
+                    .and_then(crate::sandbox::describe_exit_code)
+                    .is_some()
+                    && out.stderr.starts_with(b"dispynode-jail:");
+                if jail_failed {
+                    Outcome::Failed(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+                } else if let Some(reason) = limit_hit {
+                    Outcome::Failed(format!("job killed: {reason}"))
+                } else {
+                    Outcome::Program {
+                        code,
+                        stdout: out.stdout,
+                        stderr: out.stderr,
                     }
                 }
-                Err(e) => Outcome::Failed(format!("waiting for the program failed: {e}")),
-            };
-            n.finish_job(id, outcome).await;
-        }
+            }
+            Err(e) => Outcome::Failed(format!("waiting for the program failed: {e}")),
+        };
+        self.finish_job(id, outcome).await;
     }
 
     /// The jail helper's way: our binary re-exec'd per job (when there is no spawner).
@@ -893,9 +890,11 @@ async fn start_spawned(
     use tokio::net::unix::pipe;
     let (out_r, out_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(std::io::Error::from)?;
     let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(std::io::Error::from)?;
-    let spawned = sp.spawn(spec, &argv[0], &argv[1..], out_w, err_w).await?;
+    // Everything that can fail on our side first: after `spawn` the program runs, and an
+    // error here would have the caller start it a second time through the helper.
     let stdout = pipe::Receiver::from_owned_fd(out_r)?;
     let stderr = pipe::Receiver::from_owned_fd(err_r)?;
+    let spawned = sp.spawn(spec, &argv[0], &argv[1..], out_w, err_w).await?;
     Ok(ProgramProcess {
         pid: Some(spawned.pid),
         stdout: Some(Box::new(stdout)),
