@@ -11,7 +11,8 @@ every sample is charged to one role:
     daemon   the Rust dispynode process (all its threads)
     worker   the per-computation Python worker (the daemon's python child)
     jobs     the job processes the worker forks (one per job)
-    programs (--workload prog) the program jobs: the daemon's children (jail re-exec, then the program)
+    programs (--workload prog) the daemon's children: its spawner (and the jail helper, if used)
+    program children  (--workload prog) the program jobs the spawner forks
     client   the dispy client process
     other    everything else on the machine (other users' load: noise)
 
@@ -220,7 +221,7 @@ def main():
                                    '-F', 'comm,pid,tid,period,ip,sym,dso'],
                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                                   errors='replace')
-            if args.workload == 'prog':   # program jobs are the daemon's own children
+            if args.workload == 'prog':   # the spawner is the daemon's child, the jobs its children
                 per = classify(parse_perf(sp.stdout), node.pid, run.pid, 'programs', 'program children')
             else:
                 per = classify(parse_perf(sp.stdout), node.pid, run.pid)
