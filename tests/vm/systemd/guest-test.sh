@@ -32,6 +32,12 @@ cd /tmp && PYTHONPATH=/opt/dispyclient timeout 300 python3 $P/many_jobs.py 51348
 cat /tmp/client.out | grep -E "CHECK|RESULT|Error|Traceback" | head -20
 check "client job passed" bash -c "grep -q \"^RESULT ok\" /tmp/client.out && ! grep -q FAIL /tmp/client.out"
 check "no failed client checks" bash -c '! grep -q "CHECK .* FAIL" /tmp/client.out'
+echo "--- program jobs (started by the node's spawner, under the unit's hardening)"
+mkdir -p /tmp/progclient && cd /tmp/progclient && PYTHONPATH=/opt/dispyclient timeout 300 python3 $P/program.py 51348 > /tmp/prog.out 2>&1
+cat /tmp/prog.out | grep -E "CHECK|Error|Traceback" | head -20
+check "program jobs passed" bash -c 'test "$(grep -c "^CHECK .* ok" /tmp/prog.out)" -ge 9 && ! grep -q "CHECK .* FAIL" /tmp/prog.out'
+check "the node started them through its spawner" bash -c 'pgrep -f -- "dispynode __spawne[r]" >/dev/null'
+cd /tmp
 check "service active (Type=notify READY=1 accepted)" test "$(systemctl is-active dispynode.service)" = active
 echo "--- status"
 systemctl status dispynode.service --no-pager | head -12

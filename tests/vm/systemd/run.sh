@@ -15,7 +15,7 @@ export VMTEST_IMAGE=$W/img
 [ -f $W/img/root.img ] || { APTDIR=$W/apt "$H/install-host-deps.sh"; OUT=$W/img "$H/build-image.sh"; }
 rm -rf $W/payload && mkdir -p $W/payload
 cp "$BIN" $W/payload/dispynode && strip $W/payload/dispynode
-cp "$ROOT"/systemd/* "$ROOT/tests/clients/common.py" "$ROOT/tests/clients/many_jobs.py" "$HERE/guest-test.sh" $W/payload/
+cp "$ROOT"/systemd/* "$ROOT/tests/clients/common.py" "$ROOT/tests/clients/many_jobs.py" "$ROOT/tests/clients/program.py" "$HERE/guest-test.sh" $W/payload/
 tar -C "${DISPY_VENV:-$ROOT/target/dispy-venv}/lib/python3.11/site-packages" -czf $W/payload/dispyclient.tgz dispy pycos
 tar -C $W -czf $W/payload.tgz payload
 V="python3 $H/vmctl.py -w $W/run"
