@@ -361,13 +361,9 @@ impl Node {
         spec: &crate::sandbox::JailSpec,
         argv: &[String],
     ) -> Result<ProgramProcess, String> {
-        let mut cmd =
-            tokio::process::Command::from(crate::sandbox::jail_command(spec, &argv[0], &argv[1..]));
-        cmd.stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true);
-        let mut child = cmd.spawn().map_err(|e| e.to_string())?;
+        let mut child = super::spawning::jailed_command(spec, &argv[0], &argv[1..])
+            .spawn()
+            .map_err(|e| e.to_string())?;
         Ok(ProgramProcess {
             pid: child.id().and_then(|p| i32::try_from(p).ok()),
             stdout: child.stdout.take().map(|o| Box::new(o) as BoxedRead),

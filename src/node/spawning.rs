@@ -38,13 +38,11 @@ impl Node {
         program: &str,
         args: &[&OsStr],
     ) -> Command {
-        let spec = self.job_spec(dir, cgroup, extra_env, path_first);
-        let mut cmd = Command::from(jail_command(&spec, program, args));
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        cmd
+        jailed_command(
+            &self.job_spec(dir, cgroup, extra_env, path_first),
+            program,
+            args,
+        )
     }
 
     /// The jail of a job of the computation in `dir`: its environment, cgroup or rlimits, and
@@ -129,6 +127,21 @@ impl Node {
             }
         }
     }
+}
+
+/// The jail helper's command for `spec`: our binary re-exec'd, stdin /dev/null, stdout and
+/// stderr piped, killed if dropped.
+pub(crate) fn jailed_command<S: AsRef<OsStr>>(
+    spec: &JailSpec,
+    program: &str,
+    args: &[S],
+) -> Command {
+    let mut cmd = Command::from(jail_command(spec, program, args));
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    cmd
 }
 
 /// Kills and removes a computation's cgroup (all its leaves are gone or killed with it).
