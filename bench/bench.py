@@ -35,6 +35,7 @@ WORKLOADS = ('jobs', 'seq', 'prog', 'depends', 'sendfile')
 FULL = {'jobs': 1000, 'seq': 50, 'prog': 200, 'depends': 100, 'sendfile': 100}
 QUICK = {'jobs': 200, 'seq': 20, 'prog': 50, 'depends': 20, 'sendfile': 20}
 RAW_MODES = ('raw', 'stream', 'acked')
+CLIENT_BOUND_MODES = ('depends', 'sendfile')
 
 
 def median(xs):
@@ -182,6 +183,22 @@ def raw_copies(args, mib, repeat=3):
             good = [t for t in tries if 'mb_per_s' in t]
             out[mode] = dict(max(good, key=lambda t: t['mb_per_s'])) if good else tries[-1]
             out[mode]['tries_mb_per_s'] = [t.get('mb_per_s') for t in tries]
+        # The client's own limit: dispy's real transfer code against a peer that costs next
+        # to nothing (bench/clientbound.py). No node can be faster than its client lets it.
+        for mode in CLIENT_BOUND_MODES:
+            tries = []
+            for _ in range(repeat):
+                sub = tempfile.mkdtemp(dir=d)
+                try:
+                    p = subprocess.run([benchlib.venv_python(args.venv), os.path.join(benchlib.HERE, 'clientbound.py'),
+                                        mode, str(mib), sub], capture_output=True, text=True, timeout=120)
+                    tries.append(json.loads(p.stdout.strip().splitlines()[-1]))
+                except Exception as exc:
+                    tries.append({'error': repr(exc)})
+                subprocess.run(['rm', '-rf', sub], timeout=60)
+            good = [t for t in tries if 'mb_per_s' in t]
+            out['client_' + mode] = dict(max(good, key=lambda t: t['mb_per_s'])) if good else tries[-1]
+            out['client_' + mode]['tries_mb_per_s'] = [t.get('mb_per_s') for t in tries]
     finally:
         subprocess.run(['rm', '-rf', d], timeout=60)
     return out
@@ -276,7 +293,7 @@ def summarize(runs, raws, params, floor_runs=(), cores=2):
                     v = idle.get('daemon_%s_kb' % k)
                     put('idle_%s_mib' % k, impl, v / 1024 if v is not None else None)
                 put('idle_procs', impl, idle.get('procs'))
-    for mode in RAW_MODES:
+    for mode in RAW_MODES + tuple('client_' + m for m in CLIENT_BOUND_MODES):
         for raw in raws:
             if 'mb_per_s' in raw.get(mode, {}):
                 put('raw_' + mode, 'both', raw[mode]['mb_per_s'])
@@ -367,8 +384,12 @@ METRICS = [
         Metric('depends_mb_s', 'depends client->node', 'MB/s', 'higher', '%.0f', ('raw', 0.9)),
         Metric('depends_client_util', '  client CPU use during it', '%', None, '%.0f'),
         Metric('depends_first_s', '  cluster creation -> 1st result', 's', 'lower', '%.3f'),
+        Metric('raw_client_depends', "  bound, any node: dispy's client, instant receiver", 'MB/s', None, '%.0f',
+               ('client_bound', 'depends_mb_s')),
         Metric('sendfile_mb_s', 'dispy_send_file node->client', 'MB/s', 'higher', '%.0f', ('raw', 0.9)),
         Metric('sendfile_client_util', '  client CPU use during it', '%', None, '%.0f'),
+        Metric('raw_client_sendfile', "  bound, any node: dispy's client, instant sender", 'MB/s', None, '%.0f',
+               ('client_bound', 'sendfile_mb_s')),
         Metric('raw_raw', 'limit: raw loopback copy', 'MB/s', None, '%.0f'),
         Metric('raw_stream', 'bound, any node: file->file stream copy', 'MB/s', None, '%.0f',
                ('bound_raw', 0.9)),
@@ -413,6 +434,13 @@ def render(summary, counts, machine, params, config, runs=()):
                     if ref:
                         note = '%gx ref = %.0f: %s' % (times, times * ref, 'below the bound' if
                                                        times * ref <= v else 'ABOVE the bound')
+                if m.target and m.target[0] == 'client_bound':
+                    # The real client's code against a peer that does nothing else: how much
+                    # of what the client allows ours reaches (>= 90 %: the client is the bound).
+                    ours = ((summary.get(m.target[1]) or {}).get('ours') or {}).get('median')
+                    if ours and v:
+                        note = 'ours: %.0f%% of it%s' % (100 * ours / v, ': the client is the bound'
+                                                         if ours >= 0.9 * v else '')
                 if m.target and m.target[0] == 'budget':
                     # The daemon's protocol work alone (no Python, no job process) against it.
                     own = ((summary.get(m.target[1]) or {}).get('ours') or {}).get('median')
@@ -568,8 +596,10 @@ def main():
         if 'depends' in workloads or 'sendfile' in workloads:
             raw = raw_copies(args, params['depends'])
             raws.append(raw)
-            log('round %d raw copies: %s' % (rnd, ', '.join('%s %.0f MB/s' % (m, raw[m]['mb_per_s'])
-                                                           for m in RAW_MODES if 'mb_per_s' in raw[m])))
+            log('round %d raw copies: %s' % (rnd, ', '.join(
+                '%s %.0f MB/s' % (m, raw[m]['mb_per_s'])
+                for m in RAW_MODES + tuple('client_' + c for c in CLIENT_BOUND_MODES)
+                if 'mb_per_s' in raw.get(m, {}))))
     machine['loadavg_end'] = benchlib.loadavg()
     machine['bench_minutes'] = (time.time() - t_start) / 60
     summary, counts = summarize(runs, raws, params, floor_runs, args.cpus)

@@ -10,7 +10,7 @@ ceiling of anything that makes the job process cheaper; `gc-freeze`, `no-zygote`
 `no-warm-up`, `prefork-pool` with --modes seq --seq-pause 3), into its own target directory
 (--target-dir, default target/bench-variants), then runs the 1000-job and the
 sequential workloads (--modes; also `prog`, 200 program jobs, with the node tree's CPU per
-job) against both binaries, alternating, --rounds times.
+job, and `depends`/`sendfile`, --mib MiB each way) against both binaries, alternating, --rounds times.
 The repository itself is not changed.  Writes bench/results/variant-<name>.json.
 """
 
@@ -66,12 +66,15 @@ def main():
     ap.add_argument('--jobs', type=int, default=1000)
     ap.add_argument('--seq', type=int, default=50)
     ap.add_argument('--prog', type=int, default=200)
-    ap.add_argument('--modes', default='jobs,seq', help='workloads to run: jobs, seq, prog (comma-separated)')
+    ap.add_argument('--mib', type=int, default=100, help='MiB of the depends and sendfile workloads')
+    ap.add_argument('--modes', default='jobs,seq',
+                    help='workloads to run: jobs, seq, prog, depends, sendfile (comma-separated)')
     ap.add_argument('--seq-pause', type=float, default=0.0,
                     help='seconds the sequential client waits after its first job (prefork-pool)')
     ap.add_argument('--out')
     args = ap.parse_args()
-    modes = [m for m in (('jobs', args.jobs), ('seq', args.seq), ('prog', args.prog))
+    modes = [m for m in (('jobs', args.jobs), ('seq', args.seq), ('prog', args.prog),
+                         ('depends', args.mib), ('sendfile', args.mib))
              if m[0] in args.modes.split(',')]
     vbin = args.variant_bin or build_variant(args.variant, args.target_dir)
     bins = {'as-is': args.node_bin, args.variant: vbin}
@@ -104,6 +107,7 @@ def main():
                                                  if mode == 'jobs' and res else
                                                  '%.0f jobs/s, node %.2f ms CPU per job' % (res['jobs_per_s'], res.get('node_cpu_ms_per_job', float('nan')))
                                                  if mode == 'prog' and res else
+                                                 '%.0f MB/s' % res['mb_per_s'] if mode in ('depends', 'sendfile') and res.get('mb_per_s') else
                                                  'median %.2f ms' % res['median_ms'] if res else 'FAILED %s' % r.error))
     summary = {}
     for name in bins:
@@ -112,7 +116,11 @@ def main():
         lat = [x for r in runs if r['binary'] == name and r['mode'] == 'seq' and r['lat_ms'] for x in r['lat_ms']]
         prog = [r['result'] for r in runs if r['binary'] == name and r['mode'] == 'prog' and r['result']]
         prog_cpu = [p['node_cpu_ms_per_job'] for p in prog if 'node_cpu_ms_per_job' in p]
+        files = {m: [r['result']['mb_per_s'] for r in runs if r['binary'] == name and r['mode'] == m
+                     and r['result'] and r['result'].get('mb_per_s')] for m in ('depends', 'sendfile')}
         summary[name] = {'jobs_per_s': statistics.median(rates) if rates else None,
+                         'depends_mb_per_s': statistics.median(files['depends']) if files['depends'] else None,
+                         'sendfile_mb_per_s': statistics.median(files['sendfile']) if files['sendfile'] else None,
                          'prog_jobs_per_s': statistics.median(p['jobs_per_s'] for p in prog) if prog else None,
                          'prog_node_cpu_ms_per_job': statistics.median(prog_cpu) if prog_cpu else None,
                          'client_util': statistics.median(utils) if utils else None,
@@ -124,13 +132,15 @@ def main():
                    'machine': benchlib.machine_info(args.venv, args.node_bin)}, fd, indent=1, sort_keys=True)
     for name, s in summary.items():
         print('%-14s %6s jobs/s (client %s of a core)   sequential median %s ms, p90 %s ms   '
-              'program jobs %s jobs/s, node %s ms CPU per job' % (
+              'program jobs %s jobs/s, node %s ms CPU per job   depends %s MB/s, sendfile %s MB/s' % (
                   name, '%.0f' % s['jobs_per_s'] if s['jobs_per_s'] else '-',
                   '%.0f%%' % (100 * s['client_util']) if s['client_util'] else '-',
                   '%.2f' % s['seq_median_ms'] if s['seq_median_ms'] else '-',
                   '%.2f' % s['seq_p90_ms'] if s['seq_p90_ms'] else '-',
                   '%.0f' % s['prog_jobs_per_s'] if s['prog_jobs_per_s'] else '-',
-                  '%.2f' % s['prog_node_cpu_ms_per_job'] if s['prog_node_cpu_ms_per_job'] else '-'))
+                  '%.2f' % s['prog_node_cpu_ms_per_job'] if s['prog_node_cpu_ms_per_job'] else '-',
+                  '%.0f' % s['depends_mb_per_s'] if s['depends_mb_per_s'] else '-',
+                  '%.0f' % s['sendfile_mb_per_s'] if s['sendfile_mb_per_s'] else '-'))
     log('wrote %s' % out)
 
 

@@ -320,6 +320,9 @@ class ClientLink:
     def _connect(self, relay, timeout):
         addr = self.scheduler_addr if relay else self.client_addr
         sock = socket.create_connection(addr, timeout=timeout)
+        # No Nagle: the short last segment of each file chunk would wait for the client's ACK
+        # of the ones before it, which a delayed ACK can hold up (bench/README.md, "Files").
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if not (self.certfile or self.cadata):
             return sock
         try:
