@@ -178,6 +178,7 @@ fn depends_and_dest_path() {
             "file_dep",
             "subdir_file_dep",
             "job_dep",
+            "multi_chunk_dep",
             "file_mode_kept",
             "file_mtime_kept",
             "dest_path_name",

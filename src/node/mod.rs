@@ -2,6 +2,7 @@
 //! events from job processes. `requests` handles what clients send, `jobs` runs and finishes
 //! jobs, `discovery` answers PINGs and announces the node.
 
+mod chunk_writer;
 mod discovery;
 mod jobs;
 pub mod leftovers;

@@ -10,6 +10,7 @@ use serde_json::json;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use super::chunk_writer::ChunkWriter;
 use super::{now, worker, Computation, Node, RunningJob};
 use crate::limits::{MAX_REQUEST, MAX_UNAUTH_REQUEST, WORKER_START};
 use crate::net::{self, NetError};
@@ -419,21 +420,34 @@ impl Node {
             }
         };
         let std_file = file.try_clone().map_err(NetError::Io)?;
-        let mut out = tokio::fs::File::from_std(file);
+        let mut out = ChunkWriter::new(file, FILE_CHUNK.min(xf.size as usize));
         let mut recvd: u64 = 0;
-        let mut buf = vec![0u8; FILE_CHUNK.min(xf.size as usize)];
-        let result: Result<(), NetError> = async {
-            while recvd < xf.size {
-                net::write_frame(s, &pickle::encode_int(recvd as i64), t).await?;
-                let n = (xf.size - recvd).min(FILE_CHUNK as u64) as usize;
-                net::read_exact(s, &mut buf[..n], t).await?;
-                out.write_all(&buf[..n]).await?;
-                recvd += n as u64;
+        let received: Result<(), NetError> = async {
+            if xf.size > 0 {
+                net::write_frame(s, &pickle::encode_int(0), t).await?;
             }
-            out.flush().await?;
+            while recvd < xf.size {
+                let n = (xf.size - recvd).min(FILE_CHUNK as u64) as usize;
+                let Some(mut buf) = out.buffer().await else {
+                    break; // the writer failed: finish() says why
+                };
+                net::read_exact(s, &mut buf[..n], t).await?;
+                recvd += n as u64;
+                // Acked before it is written: the client sends the next chunk meanwhile. The
+                // last chunk's answer is the final reply, once the file is complete.
+                if recvd < xf.size {
+                    net::write_frame(s, &pickle::encode_int(recvd as i64), t).await?;
+                }
+                if !out.write(buf, n).await {
+                    break;
+                }
+            }
             Ok(())
         }
         .await;
+        // Every queued chunk is on disk (or failed) before the file is kept or removed.
+        let written = out.finish().await.map_err(NetError::Io);
+        let result = received.and(written);
         if let Err(e) = result {
             let _ = dir.unlink(&tmp);
             tracing::warn!(client = %peer, file = %rel.display(), error = %e, "file transfer failed");

@@ -1,4 +1,5 @@
-"""depends = a class, a function, a data file and a file in a subdirectory,
+"""depends = a class, a function, a data file, a file in a subdirectory and a file of
+several 1 024 000-byte transfer chunks (its last one short),
 plus dest_path and per-job depends.  The job reads the files from its cwd
 (the computation's directory on the node); the client (same machine) also
 looks at that directory while the computation is still open.
@@ -6,6 +7,7 @@ looks at that directory while the computation is still open.
 argv: PORT DEST_PATH
 prints INFO dest_dir=<the job's cwd>
 """
+import hashlib
 import os
 import time
 
@@ -26,6 +28,7 @@ def helper_func(x):
 
 
 def compute(n):
+    import hashlib
     import os
     import stat
     import time
@@ -44,9 +47,11 @@ def compute(n):
     if os.path.exists('jobdep.txt'):
         with open('jobdep.txt') as fd:
             jobdep = fd.read()
+    with open('big.bin', 'rb') as fd:
+        big = hashlib.sha256(fd.read()).hexdigest()
     st = os.stat('data.txt')
     return {'n': n, 'mul': Helper(3).mul(n), 'func': helper_func(n), 'data': data, 'sub': sub,
-            'jobdep': jobdep, 'cwd': os.getcwd(), 'job_path': dispy_job_path,
+            'jobdep': jobdep, 'big': big, 'cwd': os.getcwd(), 'job_path': dispy_job_path,
             'node_ip': dispy_node_ip_addr, 'has_name': isinstance(dispy_node_name, str),
             'mode': stat.S_IMODE(st.st_mode), 'mtime': st.st_mtime,
             'listing': sorted(os.listdir('.'))}
@@ -64,8 +69,11 @@ if __name__ == '__main__':
         fd.write('subfile\n')
     with open('jobdep.txt', 'w') as fd:
         fd.write('per-job dependency\n')
+    big = os.urandom(3 * 1024000 + 12345)
+    with open('big.bin', 'wb') as fd:
+        fd.write(big)
 
-    c = common.cluster(compute, depends=[Helper, helper_func, 'data.txt', 'sub/subdata.txt'],
+    c = common.cluster(compute, depends=[Helper, helper_func, 'data.txt', 'sub/subdata.txt', 'big.bin'],
                        dest_path=dest)
     j1 = common.submit(c, 1, dispy_job_depends=['jobdep.txt'])
     common.check('replied', common.wait_job(j1, 60), common.status_name(j1.status))
@@ -80,6 +88,7 @@ if __name__ == '__main__':
     common.check_eq('file_dep', r.get('data'), 'line1\nline2\n')
     common.check_eq('subdir_file_dep', r.get('sub'), 'subfile\n')
     common.check_eq('job_dep', r.get('jobdep'), 'per-job dependency\n')
+    common.check_eq('multi_chunk_dep', r.get('big'), hashlib.sha256(big).hexdigest())
     common.check_eq('file_mode_kept', oct(r.get('mode') or 0), oct(0o640))
     common.check('file_mtime_kept', abs((r.get('mtime') or 0) - mtime) <= 1,
                  'got %r want %r' % (r.get('mtime'), mtime))
