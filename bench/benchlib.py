@@ -53,10 +53,22 @@ def _port_free(port):
     return True
 
 
+def _port_range():
+    """Below the kernel's ephemeral ports (any outgoing connection may take one of those as
+    its source port a moment after we chose it), unless that leaves too few."""
+    try:
+        with open('/proc/sys/net/ipv4/ip_local_port_range') as fd:
+            low = int(fd.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 0
+    return (20001, low - 1) if low >= 22001 else (20001, 59999)
+
+
 def free_port_pair():
     """P such that TCP and UDP on P-1 (client) and P (node) are free now."""
+    lo, hi = _port_range()
     for _ in range(2000):
-        p = random.randint(20001, 59999)
+        p = random.randint(lo, hi)
         if p in _used_ports or p - 1 in _used_ports:
             continue
         if _port_free(p - 1) and _port_free(p):

@@ -420,7 +420,7 @@ impl Node {
             }
         };
         let std_file = file.try_clone().map_err(NetError::Io)?;
-        let mut out = ChunkWriter::new(file, FILE_CHUNK.min(xf.size as usize));
+        let mut out = ChunkWriter::new(file, FILE_CHUNK.min(xf.size as usize)).await;
         let mut recvd: u64 = 0;
         let received: Result<(), NetError> = async {
             if xf.size > 0 {

@@ -205,15 +205,31 @@ pub fn port_is_free(port: u16) -> bool {
     })
 }
 
-/// A random port P in 20000..60000 such that TCP and UDP on P-1 (client)
+/// The range test ports come from: below the kernel's ephemeral ports, which any outgoing
+/// connection (a readiness probe, a client) may take as its source port, so that a port
+/// handed out here is not taken by one a moment later (a client once failed to bind P-1 with
+/// EADDRINUSE: the harness's own probe of the node had left P-1 in TIME_WAIT). The whole
+/// 20000..60000 if the ephemeral range leaves too little below it.
+fn test_port_range() -> std::ops::Range<u16> {
+    let low = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok());
+    match low {
+        Some(low) if low >= 22001 => 20001..low,
+        _ => 20001..60000,
+    }
+}
+
+/// A random port P (see `test_port_range`) such that TCP and UDP on P-1 (client)
 /// and P (node) can be bound right now.  Never returns a port of a pair
 /// already handed out in this process.
 pub fn free_port_pair() -> u16 {
     static USED: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
     let used = USED.get_or_init(|| Mutex::new(HashSet::new()));
+    let range = test_port_range();
     let mut rng = rand::thread_rng();
     for _ in 0..1000 {
-        let p: u16 = rng.gen_range(20001..60000);
+        let p: u16 = rng.gen_range(range.clone());
         {
             let used = used.lock().unwrap();
             if used.contains(&p) || used.contains(&(p - 1)) {
@@ -230,7 +246,7 @@ pub fn free_port_pair() -> u16 {
             return p;
         }
     }
-    panic!("no free port pair found in 20000..60000");
+    panic!("no free port pair found in {range:?}");
 }
 
 // ---------------------------------------------------------------------------
