@@ -167,39 +167,28 @@ def brief(workload, rec):
 
 
 def raw_copies(args, mib, repeat=3):
-    """Each copy `repeat` times; the best one is the limit (the machine is shared)."""
+    """Each copy `repeat` times; the best one is the limit (the machine is shared). Also the
+    client's own limit: dispy's real transfer code against a peer that costs next to nothing
+    (bench/clientbound.py; the summary takes the median of all its tries, see summarize())."""
     out = {}
     d = tempfile.mkdtemp(prefix='dispynode-bench-raw-')
+    copies = [('rawcopy.py', mode, mode) for mode in RAW_MODES] + \
+        [('clientbound.py', mode, 'client_' + mode) for mode in CLIENT_BOUND_MODES]
     try:
-        for mode in RAW_MODES:
-            tries = []
-            for _ in range(repeat):
-                try:
-                    p = subprocess.run([benchlib.venv_python(args.venv), os.path.join(benchlib.HERE, 'rawcopy.py'),
-                                        mode, str(mib), d], capture_output=True, text=True, timeout=120)
-                    tries.append(json.loads(p.stdout.strip().splitlines()[-1]))
-                except Exception as exc:
-                    tries.append({'error': repr(exc)})
-            good = [t for t in tries if 'mb_per_s' in t]
-            out[mode] = dict(max(good, key=lambda t: t['mb_per_s'])) if good else tries[-1]
-            out[mode]['tries_mb_per_s'] = [t.get('mb_per_s') for t in tries]
-        # The client's own limit: dispy's real transfer code against a peer that costs next
-        # to nothing (bench/clientbound.py). No node can be faster than its client lets it.
-        # (The summary takes the median of all tries, see summarize().)
-        for mode in CLIENT_BOUND_MODES:
+        for script, mode, key in copies:
             tries = []
             for _ in range(repeat):
                 sub = tempfile.mkdtemp(dir=d)
                 try:
-                    p = subprocess.run([benchlib.venv_python(args.venv), os.path.join(benchlib.HERE, 'clientbound.py'),
+                    p = subprocess.run([benchlib.venv_python(args.venv), os.path.join(benchlib.HERE, script),
                                         mode, str(mib), sub], capture_output=True, text=True, timeout=120)
                     tries.append(json.loads(p.stdout.strip().splitlines()[-1]))
                 except Exception as exc:
                     tries.append({'error': repr(exc)})
                 subprocess.run(['rm', '-rf', sub], timeout=60)
             good = [t for t in tries if 'mb_per_s' in t]
-            out['client_' + mode] = dict(max(good, key=lambda t: t['mb_per_s'])) if good else tries[-1]
-            out['client_' + mode]['tries_mb_per_s'] = [t.get('mb_per_s') for t in tries]
+            out[key] = dict(max(good, key=lambda t: t['mb_per_s'])) if good else tries[-1]
+            out[key]['tries_mb_per_s'] = [t.get('mb_per_s') for t in tries]
     finally:
         subprocess.run(['rm', '-rf', d], timeout=60)
     return out
