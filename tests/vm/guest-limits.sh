@@ -61,7 +61,11 @@ client() { # mode script args...
     (cd "$dir" && timeout -s KILL $CLIENT_TIMEOUT python3 "$T/$script.py" "$PORT" "$@" >"$OUT" 2>"$dir/err.txt")
     local rc=$?
     grep -E '^(CHECK|INFO)' "$OUT" | sed "s/^/[$mode] $script: /"
-    grep -q '^CHECK .* FAIL' "$OUT" && FAILED+=("$mode:$script")
+    # Each failed check by name, so that the final GUEST line alone says what failed.
+    local name
+    for name in $(sed -n 's/^CHECK \([^ ]*\) FAIL.*/\1/p' "$OUT"); do
+        FAILED+=("$mode:$script:$name")
+    done
     if ! grep -qx 'RESULT ok' "$OUT"; then
         echo "[$mode] $script: no RESULT line (rc $rc); stderr tail:"
         tail -20 "$dir/err.txt" | sed "s/^/[$mode]   /"
