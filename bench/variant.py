@@ -9,7 +9,8 @@ variants (`inline`: jobs run in the worker itself, no fork per job -- the
 ceiling of anything that makes the job process cheaper; `gc-freeze`, `no-zygote`,
 `no-warm-up`, `prefork-pool` with --modes seq --seq-pause 3), into its own target directory
 (--target-dir, default target/bench-variants), then runs the 1000-job and the
-sequential workloads (--modes; also `prog`, 200 program jobs, with the node tree's CPU per
+sequential workloads (--modes; the 1000 jobs with the CPU per job of the node's tree and of its
+daemon; also `prog`, 200 program jobs, with the node tree's CPU per
 job, and `depends`/`sendfile`, --mib MiB each way) against both binaries, alternating, --rounds times.
 The repository itself is not changed.  Writes bench/results/variant-<name>.json.
 """
@@ -84,7 +85,7 @@ def main():
             for mode, n in modes:
                 benchlib.wait_quiet(0.5, 15)
                 node = benchlib.Node('ours', args.venv, bins[name]).start()
-                sampler = node.start_sampler(0.05) if mode == 'prog' else None
+                sampler = node.start_sampler(0.05) if mode in ('prog', 'jobs') else None
                 try:
                     r = benchlib.run_client(args.venv, mode, node.port, n, timeout=240, stall=20,
                                             node_alive=node.alive,
@@ -99,11 +100,15 @@ def main():
                     a, b = sampler.window(res['t0'], res['t1'])
                     if a and b:
                         res['node_cpu_ms_per_job'] = (b[5] - a[5]) / n * 1e3
+                        res['daemon_cpu_ms_per_job'] = (b[4] - a[4]) / n * 1e3
                 rec = {'round': rnd, 'binary': name, 'mode': mode, 'error': r.error, 'wedged': r.wedged,
                        'result': {k: v for k, v in res.items() if k != 'lat_ms'}, 'lat_ms': res.get('lat_ms')}
                 runs.append(rec)
                 log('round %d %-12s %-4s %s' % (rnd, name, mode,
-                                                 '%.0f jobs/s, client %.0f%% of a core' % (res['jobs_per_s'], 100 * res['client_util'])
+                                                 '%.0f jobs/s, client %.0f%% of a core, node %.2f (daemon %.2f) ms CPU per job' % (
+                                                     res['jobs_per_s'], 100 * res['client_util'],
+                                                     res.get('node_cpu_ms_per_job', float('nan')),
+                                                     res.get('daemon_cpu_ms_per_job', float('nan')))
                                                  if mode == 'jobs' and res else
                                                  '%.0f jobs/s, node %.2f ms CPU per job' % (res['jobs_per_s'], res.get('node_cpu_ms_per_job', float('nan')))
                                                  if mode == 'prog' and res else
@@ -113,6 +118,9 @@ def main():
     for name in bins:
         rates = [r['result']['jobs_per_s'] for r in runs if r['binary'] == name and r['mode'] == 'jobs' and r['result']]
         utils = [r['result']['client_util'] for r in runs if r['binary'] == name and r['mode'] == 'jobs' and r['result']]
+        jobs_cpu = [(r['result']['node_cpu_ms_per_job'], r['result']['daemon_cpu_ms_per_job'])
+                    for r in runs if r['binary'] == name and r['mode'] == 'jobs' and r['result']
+                    and 'node_cpu_ms_per_job' in r['result']]
         lat = [x for r in runs if r['binary'] == name and r['mode'] == 'seq' and r['lat_ms'] for x in r['lat_ms']]
         prog = [r['result'] for r in runs if r['binary'] == name and r['mode'] == 'prog' and r['result']]
         prog_cpu = [p['node_cpu_ms_per_job'] for p in prog if 'node_cpu_ms_per_job' in p]
@@ -124,6 +132,8 @@ def main():
                          'prog_jobs_per_s': statistics.median(p['jobs_per_s'] for p in prog) if prog else None,
                          'prog_node_cpu_ms_per_job': statistics.median(prog_cpu) if prog_cpu else None,
                          'client_util': statistics.median(utils) if utils else None,
+                         'jobs_node_cpu_ms_per_job': statistics.median(c[0] for c in jobs_cpu) if jobs_cpu else None,
+                         'jobs_daemon_cpu_ms_per_job': statistics.median(c[1] for c in jobs_cpu) if jobs_cpu else None,
                          'seq_median_ms': statistics.median(lat) if lat else None,
                          'seq_p90_ms': sorted(lat)[int(0.9 * len(lat)) - 1] if lat else None}
     out = args.out or os.path.join(benchlib.HERE, 'results', 'variant-%s.json' % args.variant)
@@ -131,10 +141,12 @@ def main():
         json.dump({'summary': summary, 'runs': runs, 'variant': args.variant, 'bins': bins,
                    'machine': benchlib.machine_info(args.venv, args.node_bin)}, fd, indent=1, sort_keys=True)
     for name, s in summary.items():
-        print('%-14s %6s jobs/s (client %s of a core)   sequential median %s ms, p90 %s ms   '
+        print('%-14s %6s jobs/s (client %s of a core, node %s ms CPU per job, daemon %s)   sequential median %s ms, p90 %s ms   '
               'program jobs %s jobs/s, node %s ms CPU per job   depends %s MB/s, sendfile %s MB/s' % (
                   name, '%.0f' % s['jobs_per_s'] if s['jobs_per_s'] else '-',
                   '%.0f%%' % (100 * s['client_util']) if s['client_util'] else '-',
+                  '%.2f' % s['jobs_node_cpu_ms_per_job'] if s['jobs_node_cpu_ms_per_job'] else '-',
+                  '%.2f' % s['jobs_daemon_cpu_ms_per_job'] if s['jobs_daemon_cpu_ms_per_job'] else '-',
                   '%.2f' % s['seq_median_ms'] if s['seq_median_ms'] else '-',
                   '%.2f' % s['seq_p90_ms'] if s['seq_p90_ms'] else '-',
                   '%.0f' % s['prog_jobs_per_s'] if s['prog_jobs_per_s'] else '-',

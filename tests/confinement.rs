@@ -745,7 +745,11 @@ fn vm_cgroup_limits_stop_a_fork_bomb_and_a_memory_hog() {
         return;
     }
     // The failed checks again, last: a report that keeps only the tail still names them.
-    let failed: Vec<&str> = log.lines().filter(|l| l.contains(" FAIL")).take(12).collect();
+    let failed: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(" FAIL"))
+        .take(12)
+        .collect();
     assert!(
         status.is_some_and(|s| s.success()) && log.contains("SANDBOX-LIMITS: PASS"),
         "the VM test failed ({status:?} after {:?}); its output is above; failed:\n{}",
