@@ -818,7 +818,8 @@ fn truncated_frames() {
     for h in stalled {
         let (what, o, took) = h.join().expect("reader thread");
         node.ensure(
-            o.dropped() && took >= Duration::from_millis(1500) && took < Duration::from_secs(2 + 4),
+            // took counts from this thread's start, after the node's clock began: slack below
+            o.dropped() && took >= Duration::from_millis(1000) && took < Duration::from_secs(2 + 4),
             &format!("stalled client ({what}): {o:?} after {took:?} (msg_timeout 2 s)"),
         );
     }

@@ -622,12 +622,16 @@ fn the_job_dies_with_its_parent() {
         let argv =
             serde_json::to_string(&["dispynode", "__jail", &spec_arg, "--", "/bin/sleep", "30"])
                 .unwrap();
-        // The shell starts the helper in the background, prints its pid, lingers, and exits.
+        // The shell starts the helper in the background, prints its pid, lingers until the
+        // helper has exec'd the job (its death signal is armed then: before, on a slow machine,
+        // the helper could find itself already orphaned), and exits.
         let exe = std::env::current_exe().unwrap();
         let out = Command::new("/bin/sh")
             .arg("-c")
             .arg(format!(
-                "\"{}\" --exact jail_entry --test-threads=1 -q >/dev/null 2>&1 & echo $!; sleep 0.5",
+                "\"{}\" --exact jail_entry --test-threads=1 -q >/dev/null 2>&1 & p=$!; echo $p; \
+                 i=0; while [ $i -lt 300 ] && [ \"$(cat /proc/$p/comm 2>/dev/null)\" != sleep ]; \
+                 do sleep 0.05; i=$((i+1)); done; sleep 0.1",
                 exe.display()
             ))
             .env(JAIL_ENV, argv)

@@ -2,7 +2,8 @@
 
 The real client, its job-result port behind a ResultProxy (life_common.py)
 that rejects connections: a job finishes, the node fails to push its
-result and saves it.  The client then prints "INFO phase=saved" and waits
+result and saves it.  Once the node lists it as done (PENDING_JOBS, check
+result_saved), the client prints "INFO phase=saved" and waits
 for a line on stdin: meanwhile the harness stops the node (SIGKILL or
 SIGTERM) and starts it again on the same port, prefix and state dir, then
 writes "restarted".  The proxy then forwards again.
@@ -43,6 +44,7 @@ if __name__ == '__main__':
     lc.use_result_port(proxy.port)
     c = lc.cluster_at(compute, port, port - 1, depends=[])
     job = common.submit(c, 3, 1, '')
+    uid = job._dispy_job_.uid if job._dispy_job_ is not None else None
     if mode == 'clean':
         long_job = common.submit(c, 4, 100, token)
         running = common.wait_until(lambda: lc.with_token(token), 30, step=0.2)
@@ -50,7 +52,16 @@ if __name__ == '__main__':
     attempted = proxy.wait_rejected(1, 40)
     common.check('delivery_attempted', attempted,
                  'the node never tried to push the result (job %s)' % common.status_name(job.status))
-    time.sleep(1.5)
+    # The harness kills the node next: wait until the result is saved on its side (PENDING_JOBS
+    # lists what is in its results store), not for a fixed time after the failed push (a slow
+    # fsync on a busy machine would lose it).
+    def saved():
+        r = lc.raw_request(c, b'PENDING_JOBS:', lc.compute_req(c))
+        return isinstance(r, dict) and uid in (r.get('done') or [])
+
+    common.check('result_saved', uid is not None and common.wait_until(saved, 30, step=0.2),
+                 'PENDING_JOBS never listed job %s as done' % uid)
+    time.sleep(0.5)
     proxy.set_mode('closed')
     common.info('phase', 'saved')
     line = lc.read_stdin_line(120)

@@ -96,17 +96,19 @@ check "client served after the upgrade" bash -c 'grep -q "^RESULT ok" /tmp/clien
 echo "--- systemctl stop with a job running (and a setsid'd child of it)"
 timeout 600 python3 $P/client.py $PORT long >/tmp/client3.out 2>&1 &
 CLIENT=$!
-for _ in $(seq 1 120); do pgrep -u dispynode -f 'sleep 600' >/dev/null && break; sleep 1; done
+# Both sleeps (`-f 'sleep 600'` would already match `setsid sleep 600` before its exec).
+for _ in $(seq 1 120); do [ "$(pgrep -u dispynode -c -x sleep)" -ge 2 ] && break; sleep 1; done
+# The client goes first: its discovery datagrams to the node port would start the service
+# again through the socket right after the stop. The job keeps running without it.
+kill $CLIENT 2>/dev/null  # timeout(1) passes SIGTERM on to the client
+wait $CLIENT 2>/dev/null
 pgrep -u dispynode -a
 check "the long job runs (two sleeps)" test "$(pgrep -u dispynode -c -x sleep)" -ge 2
 check "systemctl stop dispynode" systemctl stop dispynode.service
 check "no process of dispynode left after stop" no_node_process
 pgrep -u dispynode -a
-kill $CLIENT 2>/dev/null
-wait $CLIENT 2>/dev/null
-# Until it was killed, the client kept sending discovery datagrams to the node port, and the
-# socket starts the service on any of them: stop it again so that the reinstall below starts
-# from a stopped service.
+# A datagram that arrived after the service had read its last one starts it again: stop it
+# again so that the reinstall below starts from a stopped service.
 sleep 2
 systemctl stop dispynode.service
 
