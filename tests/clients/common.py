@@ -169,6 +169,14 @@ def close(c, timeout=30):
     return c.close(timeout=budget(timeout), terminate=True)
 
 
+def client_has_it_running(job):
+    """Whether the client itself counts `job` as running.  It does so only once it has
+    handled the node's ACK, which can come after the job's processes are visible on the node
+    (slow machines, the VM); a cancel of a job the client still counts as Created only
+    removes it on the client's side (dispy's cancel_job) and the node never hears of it."""
+    return job.status in (dispy.DispyJob.Running, dispy.DispyJob.ProvisionalResult)
+
+
 def status_name(s):
     names = {5: 'Created', 6: 'Running', 7: 'ProvisionalResult', 8: 'Cancelled',
              9: 'Terminated', 10: 'Abandoned', 11: 'Finished'}

@@ -51,10 +51,8 @@ if __name__ == '__main__':
     j1 = common.submit(c1, tok1)
     j2 = common.submit(c2, tok2)
     r1 = common.wait_until(lambda: j1.status == dispy.DispyJob.ProvisionalResult, 40)
-    # j2 Running too: the client must have handled the node's ACK before the node goes away.
-    running = (dispy.DispyJob.Running, dispy.DispyJob.ProvisionalResult)
     r2 = common.wait_until(lambda: len(lc.with_token(tok2)) >= 2 and lc.with_token(tok1)
-                           and j2.status in running, 40, step=0.2)
+                           and common.client_has_it_running(j2), 40, step=0.2)
     common.check('jobs_running', r1 and r2,
                  'function job %s, processes %r' % (common.status_name(j1.status),
                                                     lc.with_token(tok1) + lc.with_token(tok2)))

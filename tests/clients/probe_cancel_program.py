@@ -84,13 +84,8 @@ def main():
     os.chmod('bg_sleeps.sh', 0o755)
     c = common.cluster(os.path.abspath('bg_sleeps.sh'))
     job = common.submit(c, mark, '--setsid') if use_setsid else common.submit(c, mark)
-    # The client marks the job Running only when it has handled the node's ACK, which may
-    # come after the sleeps are up (the VM is slow); a cancel of a job it still thinks is
-    # Created only removes it on the client's side (dispy's cancel_job), and the node never
-    # hears of it.
-    running = (dispy.DispyJob.Running, dispy.DispyJob.ProvisionalResult)
-    started = common.wait_until(lambda: len(sleeps(mark)) >= want and job.status in running,
-                                60, step=0.1)
+    started = common.wait_until(
+        lambda: len(sleeps(mark)) >= want and common.client_has_it_running(job), 60, step=0.1)
     found = sleeps(mark)
     common.info('sleep_pids', sorted(found))
     common.info('sleep_uids', sorted(set(uid for uid, _ in found.values())))
