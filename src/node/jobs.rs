@@ -374,24 +374,27 @@ impl Node {
 
     /// Terminates a running job; its Terminated reply follows through `finish_job`.
     pub(crate) async fn terminate_job(self: &Arc<Self>, id: u64) {
-        let job_cgroup = self.lock().jobs.get(&id).and_then(|j| j.cgroup.clone());
-        if let Some(cg) = job_cgroup {
-            let _ = tokio::task::spawn_blocking(move || cg.kill()).await;
-        }
-        let (worker, pid, kind_program) = {
+        // Marked terminated before anything is killed: the job's own task may see it exit
+        // (and finish it) while this one still waits for the kill, and must then report it
+        // Terminated, not as a program that ended by itself.
+        let (job_cgroup, worker, pid, kind_program) = {
             let mut st = self.lock();
             let Some(j) = st.jobs.get_mut(&id) else {
                 return;
             };
             j.terminated = true;
-            let (cid, pid) = (j.compute_id, j.pid);
+            let (cid, pid, cg) = (j.compute_id, j.pid, j.cgroup.clone());
             let c = st.computations.get(&cid);
             (
+                cg,
                 c.and_then(|c| c.worker.clone()),
                 pid,
                 c.is_some_and(|c| c.worker.is_none()),
             )
         };
+        if let Some(cg) = job_cgroup {
+            let _ = tokio::task::spawn_blocking(move || cg.kill()).await;
+        }
         if kind_program {
             if let Some(pid) = pid {
                 // The program runs in its own process group: kill all of it.
