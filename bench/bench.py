@@ -133,6 +133,8 @@ def one_run(args, impl, workload, param, rnd, attempt):
         rec['bench_cpu_s'] = bench_cpu1 - bench_cpu0
         return rec
     finally:
+        if impl == 'ours':
+            rec['jobs_python'] = node.jobs_python()  # logged once it serves, after the start
         node.stop(keep=keep)
 
 
@@ -496,6 +498,10 @@ def render(summary, counts, machine, params, config, runs=()):
     out.append('machine: %d CPUs (%s), %s, kernel %s, Python %s, %s MiB RAM, load %s at start' % (
         machine['nproc'], machine['cpu_model'], machine['os'], machine['kernel'], machine['python'],
         machine['mem_total_mib'], ' '.join('%.2f' % x for x in machine['loadavg_start'])))
+    if machine.get('our_jobs_python'):
+        out.append('Python: the client and the reference node %s, our node\'s jobs %s%s' % (
+            machine['python_path'], machine['our_jobs_python'],
+            '' if machine.get('same_python') else '  WARNING: not the same interpreter'))
     out.append('git %s%s; %d round(s), medians over rounds; command: %s' % (
         machine['git_commit'], ' (src modified)' if machine.get('src_dirty') else '',
         config['rounds'], config['command']))
@@ -598,6 +604,15 @@ def main():
                 if 'mb_per_s' in raw.get(m, {}))))
     machine['loadavg_end'] = benchlib.loadavg()
     machine['bench_minutes'] = (time.time() - t_start) / 60
+    # The reference node runs on the venv's interpreter, ours runs its jobs on the one it
+    # resolved: two different builds (a distribution's optimised one against an unoptimised
+    # one, say) would measure the interpreters as much as the nodes.
+    ours_py = sorted({r['jobs_python'] for r in runs if r.get('jobs_python')})
+    machine['our_jobs_python'] = ours_py[0] if len(ours_py) == 1 else ours_py or None
+    machine['same_python'] = ours_py == [machine['python_path']] if ours_py else None
+    if machine['same_python'] is False:
+        log('WARNING: the reference runs on %s, our jobs on %s: not the same interpreter'
+            % (machine['python_path'], ', '.join(ours_py)))
     summary, counts = summarize(runs, raws, params, floor_runs, args.cpus)
     table = render(summary, counts, machine, params, config, runs)
     doc = {'machine': machine, 'config': config, 'summary': summary, 'counts': counts,

@@ -9,6 +9,7 @@ import json
 import os
 import platform
 import random
+import re
 import shutil
 import signal
 import socket
@@ -278,7 +279,7 @@ def default_venv():
     env = os.environ.get('DISPY_VENV')
     if env:
         return env
-    return os.path.join(REPO, 'target', 'dispy-venv')
+    return os.path.join(REPO, 'target', 'bench-venv')
 
 
 def default_node_bin():
@@ -407,6 +408,16 @@ class Node:
         self.sampler = TreeSampler(self.pid, interval, pss_every)
         self.sampler.start()
         return self.sampler
+
+    def jobs_python(self):
+        """The interpreter our node runs function jobs with, as its start-up log names it
+        (resolved as the jobs' user, so not necessarily the `python3` on our PATH)."""
+        try:
+            with open(self.log_path, 'rb') as fd:
+                m = re.search(rb'\bpython=(\S+)', fd.read())
+        except OSError:
+            return None
+        return os.path.realpath(m.group(1).decode()) if m else None
 
     def log_tail(self, n=30):
         try:

@@ -6,7 +6,9 @@
 #   bench/run.sh worker [worker_micro.py options]
 #
 # Makes (or reuses) a venv with dispy 4.15.2 -- $DISPY_VENV, default
-# target/dispy-venv like the tests -- builds our release binary with cargo for
+# target/bench-venv, made from the distribution's /usr/bin/python3 (the one our
+# node runs its jobs with, so both nodes run the same interpreter; another base:
+# $DISPY_BASE_PYTHON) -- builds our release binary with cargo for
 # the packages' target, as packaging/ does (honours CARGO_TARGET_DIR;
 # DISPYNODE_BIN=path skips the build) and runs the Python harness with the
 # venv's interpreter.
@@ -14,12 +16,16 @@ set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(dirname "$here")
-venv=${DISPY_VENV:-$repo/target/dispy-venv}
+venv=${DISPY_VENV:-$repo/target/bench-venv}
 py=$venv/bin/python
 
 if ! "$py" -c "import dispy, pycos; assert dispy.__version__ == '4.15.2'" 2>/dev/null; then
     echo "bench: making the venv $venv with dispy 4.15.2" >&2
-    ${DISPY_BASE_PYTHON:-python3} -m venv "$venv"
+    base=${DISPY_BASE_PYTHON:-}
+    if [ -z "$base" ]; then
+        if [ -x /usr/bin/python3 ]; then base=/usr/bin/python3; else base=python3; fi
+    fi
+    "$base" -m venv "$venv"
     "$py" -m pip install --disable-pip-version-check -q dispy==4.15.2
 fi
 

@@ -239,6 +239,7 @@ def main():
     ap.add_argument('--python', default=benchlib.venv_python(benchlib.default_venv()))
     ap.add_argument('--jobs', type=int, default=1000)
     ap.add_argument('--repeat', type=int, default=3)
+    ap.add_argument('--variants', help='comma-separated names of the variants to run (default: all)')
     ap.add_argument('--out', default=os.path.join(benchlib.HERE, 'results', 'worker_micro.json'))
     args = ap.parse_args()
     with open(WORKER) as fd:
@@ -247,6 +248,8 @@ def main():
     for rep in range(args.repeat):
         for name, v in variants(src).items():
             if name == 'prefork-pool':  # for variant.py (--seq-pause): no pause here
+                continue
+            if args.variants and name not in args.variants.split(','):
                 continue
             r = measure(args.python, v, args.jobs)
             res.setdefault(name, []).append(r)
