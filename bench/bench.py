@@ -608,11 +608,11 @@ def main():
     # resolved: two different builds (a distribution's optimised one against an unoptimised
     # one, say) would measure the interpreters as much as the nodes.
     ours_py = sorted({r['jobs_python'] for r in runs if r.get('jobs_python')})
-    machine['our_jobs_python'] = ours_py[0] if len(ours_py) == 1 else ours_py or None
+    machine['our_jobs_python'] = ', '.join(ours_py) or None
     machine['same_python'] = ours_py == [machine['python_path']] if ours_py else None
     if machine['same_python'] is False:
         log('WARNING: the reference runs on %s, our jobs on %s: not the same interpreter'
-            % (machine['python_path'], ', '.join(ours_py)))
+            % (machine['python_path'], machine['our_jobs_python']))
     summary, counts = summarize(runs, raws, params, floor_runs, args.cpus)
     table = render(summary, counts, machine, params, config, runs)
     doc = {'machine': machine, 'config': config, 'summary': summary, 'counts': counts,
