@@ -196,10 +196,12 @@ def raw_copies(args, mib, repeat=3):
     return out
 
 
-def floors(args):
+def floors(args, jobs_python=None):
     """bench/floors.py: the least CPU a function job (fork of the worker's Python, the function
-    run in it, exit) and a program job (spawn + run of the script) cost here, whatever the node."""
-    python = args.our_python or shutil.which('python3', path='/usr/local/bin:/usr/bin:/bin')
+    run in it, exit) and a program job (spawn + run of the script) cost here, whatever the node,
+    measured with the interpreter our node ran its jobs with (``jobs_python``, from its log)."""
+    python = (jobs_python or args.our_python
+              or shutil.which('python3', path='/usr/local/bin:/usr/bin:/bin'))
     try:
         p = subprocess.run([sys.executable, os.path.join(benchlib.HERE, 'floors.py'), python],
                            capture_output=True, text=True, timeout=300)
@@ -298,6 +300,8 @@ def summarize(runs, raws, params, floor_runs=(), cores=2):
     for f in floor_runs:
         put('floor_fork_exit_ms', 'both', f.get('fork_exit_ms'))
         put('floor_fork_run_ms', 'both', f.get('fork_run_ms'))
+        put('floor_cow_fault_us', 'both', f.get('cow_fault_us'))
+        put('floor_fork_exit_per_mib_ms', 'both', f.get('fork_exit_ms_per_mib'))
         put('floor_spawn_sh_ms', 'both', f.get('spawn_sh_ms'))
     # The bounds of any node on these cores: the cores divided by the least CPU one job takes
     # whatever the node does -- the client's own CPU per job (the lower of its two medians)
@@ -353,6 +357,10 @@ METRICS = [
         Metric('floor_fork_exit_ms', 'floor: fork+exit of the worker Python', 'ms CPU', None, '%.2f'),
         Metric('floor_fork_run_ms', 'floor: the same, running the function in it', 'ms CPU', None,
                '%.2f'),
+        Metric('floor_cow_fault_us', '  kernel: one copy-on-write page fault', 'us CPU',
+               None, '%.1f'),
+        Metric('floor_fork_exit_per_mib_ms', '  kernel: fork+exit, per MiB of the Python\'s memory',
+               'ms CPU', None, '%.3f'),
         Metric('jobs_bound', 'bound, any node: cores/(client+floor)', 'jobs/s', None, '%.0f',
                ('bound', 5, 'jobs_per_s')),
         Metric('jobs_budget', 'node CPU left per job at 5x ref', 'ms', None, '%.2f',
@@ -588,13 +596,16 @@ def main():
     t_start = time.time()
     floor_runs = []
     for rnd in range(rounds):
-        if 'jobs' in workloads or 'prog' in workloads:
-            floor_runs.append(floors(args))
-            log('round %d floors: %s' % (rnd, floor_runs[-1]))
         for wi, w in enumerate(workloads):
             order = impls if (rnd + wi) % 2 == 0 else impls[::-1]
             for impl in order:
                 runs.extend(run_with_retries(args, impl, w, params[w], rnd))
+        if 'jobs' in workloads or 'prog' in workloads:
+            # After the round's runs: by then our node has said which interpreter it runs.
+            jobs_python = next((r['jobs_python'] for r in reversed(runs)
+                                if r.get('jobs_python')), None)
+            floor_runs.append(floors(args, jobs_python))
+            log('round %d floors: %s' % (rnd, floor_runs[-1]))
         if 'depends' in workloads or 'sendfile' in workloads:
             raw = raw_copies(args, params['depends'])
             raws.append(raw)

@@ -14,6 +14,13 @@ floors bench.py divides into the cores to show the bound of each workload.
   unpickle the arguments, call a trivial function, pickle the result, write it
   to the parent.  Running Python in a fresh fork writes to (copies) every page
   whose objects it touches, even their reference counts: that cost is the job's.
+* cow_fault_us: CPU of one copy-on-write page fault in a forked child (the
+  child writes to a page it shares with its parent): a job process takes
+  hundreds, whatever it runs, because every page its Python touches is one.
+* fork_exit_ms_per_mib: what fork+exit costs more per MiB of the parent's
+  anonymous memory (16 MiB added and taken away, alternately): a computation
+  whose code or setup loads large libraries makes every job process dearer, in
+  any node that forks one per job.
 * spawn_sh_ms: CPU of posix_spawn + run + exit of `/bin/sh script ARG`, the
   2-line script of the program-jobs workload: the least a program job costs.
 """
@@ -74,6 +81,51 @@ for k in range(n):
     fork_run(k)
 s1, c1 = cpu(resource.RUSAGE_SELF), cpu(resource.RUSAGE_CHILDREN)
 out['fork_run_ms'] = ((s1 - s0) + (c1 - c0)) / n * 1e3
+# What the kernel's work on a process's memory costs here, which is most of a job process's
+# CPU: one copy-on-write fault (the child writes to a page it shares with its parent), and
+# fork+exit per MiB of the parent's anonymous memory (page tables copied, then torn down).
+import mmap, statistics, struct, time
+ballast = mmap.mmap(-1, 16 << 20, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+for i in range(0, len(ballast), 4096):
+    ballast[i] = 1
+PAGES = 2000
+def cow_fault_us():
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        t0 = time.process_time()
+        for i in range(PAGES):
+            ballast[i * 4096 + 1] = 2  # copied: a fault each
+        t1 = time.process_time()
+        for i in range(PAGES):
+            ballast[i * 4096 + 1] = 3  # the child's own now: the loop alone
+        t2 = time.process_time()
+        os.write(w, struct.pack('d', ((t1 - t0) - (t2 - t1)) / PAGES * 1e6))
+        os._exit(0)
+    os.close(w)
+    data = os.read(r, 8)
+    os.close(r)
+    os.waitpid(pid, 0)
+    return struct.unpack('d', data)[0]
+out['cow_fault_us'] = statistics.median(cow_fault_us() for _ in range(7))
+def fork_exit_ms(k):
+    s0, c0 = cpu(resource.RUSAGE_SELF), cpu(resource.RUSAGE_CHILDREN)
+    for _ in range(k):
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+    s1, c1 = cpu(resource.RUSAGE_SELF), cpu(resource.RUSAGE_CHILDREN)
+    return ((s1 - s0) + (c1 - c0)) / k * 1e3
+with_ballast, without = [], []
+for _ in range(5):  # alternated: the host's speed drifts
+    with_ballast.append(fork_exit_ms(max(n // 10, 10)))
+    ballast.close()
+    without.append(fork_exit_ms(max(n // 10, 10)))
+    ballast = mmap.mmap(-1, 16 << 20, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    for i in range(0, len(ballast), 4096):
+        ballast[i] = 1
+out['fork_exit_ms_per_mib'] = (statistics.median(with_ballast) - statistics.median(without)) / 16
 print(json.dumps(out))
 '''
 

@@ -19,6 +19,9 @@ changed):
     no-warm-up   spares do not walk the job's path before their job comes
     prefork-pool 320 spares forked once, never refilled (for variant.py --seq-pause:
                  sequential jobs with no fork while they run)
+    batch-fork   the zygote forks two spares back to back whenever fewer than two are
+                 ready (three kept): does its own copy-on-write work after a fork (its
+                 loop's pages) happen once per two spares?
 
 For each: sequential latency (job message -> done message), throughput with 2
 jobs in flight (cpus=2), and CPU of the worker and its children per job (from
@@ -69,6 +72,7 @@ START_ZYGOTE = "            self._start_zygote()\n"
 WARM_UP = "            self._warm_up()\n"
 SPARES_LINE = "SPARES = 2\n"
 REFILL = "            while len(ready) < SPARES:\n"
+ACCEPT = "            if len(self.spares) < SPARES:\n"
 
 
 def variants(src):
@@ -88,6 +92,11 @@ def variants(src):
             REFILL, REFILL.replace('while len(ready) < SPARES:',
                                    'while len(ready) < SPARES and _FORKED[0] < SPARES:\n'
                                    '                _FORKED[0] += 1'))
+    if REFILL in src and ACCEPT in src:
+        out['batch-fork'] = src.replace(REFILL, (
+            "            target = SPARES + 1 if len(ready) < SPARES else 0\n"
+            "            while len(ready) < target:\n")).replace(
+                ACCEPT, ACCEPT.replace('< SPARES:', '< SPARES + 1:'))
     if MAIN in src:
         i = src.rindex(MAIN)
         # No process per job, so no zygote and no spare either.
