@@ -43,19 +43,18 @@ n = int(sys.argv[2])
 def cpu(who):
     r = resource.getrusage(who)
     return r.ru_utime + r.ru_stime
-for _ in range(20):  # warm up
-    pid = os.fork()
-    if pid == 0:
-        os._exit(0)
-    os.waitpid(pid, 0)
-s0, c0 = cpu(resource.RUSAGE_SELF), cpu(resource.RUSAGE_CHILDREN)
-for _ in range(n):
-    pid = os.fork()
-    if pid == 0:
-        os._exit(0)
-    os.waitpid(pid, 0)
-s1, c1 = cpu(resource.RUSAGE_SELF), cpu(resource.RUSAGE_CHILDREN)
-out = {'fork_exit_ms': ((s1 - s0) + (c1 - c0)) / n * 1e3}
+def fork_exit_ms(k):
+    """CPU (parent and child) of one fork + _exit, averaged over k."""
+    s0, c0 = cpu(resource.RUSAGE_SELF), cpu(resource.RUSAGE_CHILDREN)
+    for _ in range(k):
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+    s1, c1 = cpu(resource.RUSAGE_SELF), cpu(resource.RUSAGE_CHILDREN)
+    return ((s1 - s0) + (c1 - c0)) / k * 1e3
+fork_exit_ms(20)  # warm up
+out = {'fork_exit_ms': fork_exit_ms(n)}
 # The same with the least work of a function job in the child: load its arguments, call
 # the function, pickle the result, write it to the parent.
 import pickle
@@ -108,15 +107,6 @@ def cow_fault_us():
     os.waitpid(pid, 0)
     return struct.unpack('d', data)[0]
 out['cow_fault_us'] = statistics.median(cow_fault_us() for _ in range(7))
-def fork_exit_ms(k):
-    s0, c0 = cpu(resource.RUSAGE_SELF), cpu(resource.RUSAGE_CHILDREN)
-    for _ in range(k):
-        pid = os.fork()
-        if pid == 0:
-            os._exit(0)
-        os.waitpid(pid, 0)
-    s1, c1 = cpu(resource.RUSAGE_SELF), cpu(resource.RUSAGE_CHILDREN)
-    return ((s1 - s0) + (c1 - c0)) / k * 1e3
 with_ballast, without = [], []
 for _ in range(5):  # alternated: the host's speed drifts
     with_ballast.append(fork_exit_ms(max(n // 10, 10)))
