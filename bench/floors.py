@@ -23,11 +23,20 @@ floors bench.py divides into the cores to show the bound of each workload.
   any node that forks one per job.
 * spawn_sh_ms: CPU of posix_spawn + run + exit of `/bin/sh script ARG`, the
   2-line script of the program-jobs workload: the least a program job costs.
+* protocol_ms: the kernel's CPU (system time only) for a node's side of the two
+  TCP exchanges dispy's client makes per job, with messages of the captured
+  sizes: accept the client's connection, read its 40-byte auth and JOB
+  message, answer ACK, close; connect to the client's reply port, send
+  JOB_REPLY, read its ACK, close.  Any node that speaks dispy's protocol does
+  these; user-space time is left out (our Python side would overstate it), so
+  this is a lower bound for a node's own CPU per job.
 """
 
 import json
 import os
 import resource
+import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -142,6 +151,69 @@ def spawn_sh(n):
     return used / n * 1e3
 
 
+# Sizes from ../shared/docs/dispy-protocol-artifacts (transcripts/sessA.txt): the client's
+# auth prefix, a JOB of a one-argument function, a JOB_REPLY of a small result; every
+# message is framed by a 4-byte length.
+AUTH_LEN, JOB_LEN, REPLY_LEN, ACK = 40, 181, 257, b'ACK'
+
+
+def _frame(payload):
+    return struct.pack('>L', len(payload)) + payload
+
+
+def _recv_exact(sock, size):
+    while size:
+        chunk = sock.recv(size)
+        if not chunk:
+            raise ConnectionError('peer closed early')
+        size -= len(chunk)
+
+
+def protocol_ms(n, warm=20):
+    """System CPU of the node's side of one job's two TCP exchanges (see the module doc),
+    the client's side run by a forked child on the same loopback."""
+    node_l = socket.create_server(('127.0.0.1', 0), backlog=64)
+    client_l = socket.create_server(('127.0.0.1', 0), backlog=64)
+    node_addr, client_addr = node_l.getsockname(), client_l.getsockname()
+    job = b'x' * AUTH_LEN + _frame(b'J' * JOB_LEN)
+    reply = _frame(b'R' * REPLY_LEN)
+    pid = os.fork()
+    if pid == 0:  # the client: what dispy's does per job, minus its Python
+        code = 1
+        try:
+            node_l.close()
+            for _ in range(warm + n):
+                with socket.create_connection(node_addr) as s:
+                    s.sendall(job)
+                    _recv_exact(s, 4 + len(ACK))
+                conn, _ = client_l.accept()
+                with conn:
+                    _recv_exact(conn, len(reply))
+                    conn.sendall(_frame(ACK))
+            code = 0
+        finally:
+            os._exit(code)
+    client_l.close()
+    try:
+        for i in range(warm + n):
+            if i == warm:
+                t0 = resource.getrusage(resource.RUSAGE_SELF).ru_stime
+            conn, _ = node_l.accept()
+            with conn:
+                _recv_exact(conn, len(job))
+                conn.sendall(_frame(ACK))
+            with socket.create_connection(client_addr) as s:
+                s.sendall(reply)
+                _recv_exact(s, 4 + len(ACK))
+        t1 = resource.getrusage(resource.RUSAGE_SELF).ru_stime
+    finally:
+        node_l.close()
+        _, status = os.waitpid(pid, 0)
+    if status != 0:
+        raise RuntimeError('protocol floor: the client side failed (%d)' % status)
+    return (t1 - t0) / n * 1e3
+
+
 def main():
     python = sys.argv[1] if len(sys.argv) > 1 else sys.executable
     n = int(sys.argv[2]) if len(sys.argv) > 2 else 500
@@ -154,6 +226,7 @@ def main():
         out = json.loads(subprocess.run([python, '-c', FORK_EXIT, code, str(n)], check=True,
                                         capture_output=True, text=True, timeout=300).stdout)
     out['spawn_sh_ms'] = spawn_sh(n)
+    out['protocol_ms'] = protocol_ms(n)
     out['python'] = python
     print(json.dumps(out))
 

@@ -97,6 +97,10 @@ def variants(src):
             "            target = SPARES + 1 if len(ready) < SPARES else 0\n"
             "            while len(ready) < target:\n")).replace(
                 ACCEPT, ACCEPT.replace('< SPARES:', '< SPARES + 1:'))
+    if CHILD_START in src:
+        # Process group only: no new session, so no scheduler autogroup made and freed per job.
+        out['setpgid'] = src.replace(CHILD_START, CHILD_START.replace('os.setsid()',
+                                                                      'os.setpgid(0, 0)'))
     if MAIN in src:
         i = src.rindex(MAIN)
         # No process per job, so no zygote and no spare either.
@@ -167,23 +171,33 @@ def _faults_cpu(pid):
             (int(f[13]) + int(f[14])) / tck)
 
 
+_ZYGOTES = {}  # worker pid -> its zygote's pid, once seen
+
+
 def tree_faults_cpu(pid):
     """Page faults and CPU of the worker itself, of its zygote (the live child that has
-    children of its own, if any) and of the job processes either of them reaped."""
+    children of its own, if any; remembered once seen, since a zygote may have no child for an
+    instant and a sample without it would go backwards) and of the job processes either of
+    them reaped."""
     w = _faults_cpu(pid)
     out = {'worker_faults': w[0], 'worker_cpu': w[2], 'zygote_faults': 0, 'zygote_cpu': 0.0,
            'jobs_faults': w[1], 'jobs_cpu': w[3]}
-    table = benchlib.proc_table()
-    for child, info in table.items():
-        if info[0] == pid and any(v[0] == child for v in table.values()):
-            try:
-                z = _faults_cpu(child)
-            except OSError:
-                continue
-            out['zygote_faults'] += z[0]
-            out['zygote_cpu'] += z[2]
-            out['jobs_faults'] += z[1]
-            out['jobs_cpu'] += z[3]
+    zygote = _ZYGOTES.get(pid)
+    if zygote is None:
+        table = benchlib.proc_table()
+        zygote = next((child for child, info in table.items() if info[0] == pid
+                       and any(v[0] == child for v in table.values())), None)
+        if zygote is not None:
+            _ZYGOTES[pid] = zygote
+    if zygote is not None:
+        try:
+            z = _faults_cpu(zygote)
+        except OSError:
+            return out
+        out['zygote_faults'] += z[0]
+        out['zygote_cpu'] += z[2]
+        out['jobs_faults'] += z[1]
+        out['jobs_cpu'] += z[3]
     return out
 
 
