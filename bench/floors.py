@@ -29,12 +29,13 @@ floors bench.py divides into the cores to show the bound of each workload.
   message, answer ACK, close; connect to the client's reply port, send
   JOB_REPLY, read its ACK, close.  Any node that speaks dispy's protocol does
   these; user-space time is left out (our Python side would overstate it), so
-  this is a lower bound for a node's own CPU per job.
+  this is less than any node spends on them.
 """
 
 import json
 import os
 import resource
+import signal
 import socket
 import struct
 import subprocess
@@ -181,6 +182,7 @@ def protocol_ms(n, warm=20):
     if pid == 0:  # the client: what dispy's does per job, minus its Python
         code = 1
         try:
+            signal.alarm(120)  # never outlives a measuring side that failed or was killed
             node_l.close()
             for _ in range(warm + n):
                 with socket.create_connection(node_addr) as s:
@@ -194,6 +196,7 @@ def protocol_ms(n, warm=20):
         finally:
             os._exit(code)
     client_l.close()
+    done = False
     try:
         for i in range(warm + n):
             if i == warm:
@@ -206,8 +209,11 @@ def protocol_ms(n, warm=20):
                 s.sendall(reply)
                 _recv_exact(s, 4 + len(ACK))
         t1 = resource.getrusage(resource.RUSAGE_SELF).ru_stime
+        done = True
     finally:
         node_l.close()
+        if not done:
+            os.kill(pid, signal.SIGKILL)
         _, status = os.waitpid(pid, 0)
     if status != 0:
         raise RuntimeError('protocol floor: the client side failed (%d)' % status)
