@@ -351,6 +351,10 @@ def summarize(runs, raws, params, floor_runs=(), cores=2):
     return out, counts
 
 
+# Both kinds of job make the same two TCP exchanges: one row, shown in both sections.
+PROTOCOL_FLOOR = Metric('floor_protocol_ms', 'floor: node side of the 2 TCP exchanges (kernel)',
+                        'ms CPU', None, '%.2f', stat='min')
+
 METRICS = [
     ('Function jobs (%(jobs)d trivial jobs, cpus=2, submit all then wait all)', [
         Metric('jobs_per_s', 'throughput', 'jobs/s', 'higher', '%.0f', ('ratio', 5)),
@@ -373,8 +377,7 @@ METRICS = [
                None, '%.1f'),
         Metric('floor_fork_exit_per_mib_ms', '  kernel: fork+exit, per MiB of the Python\'s memory',
                'ms CPU', None, '%.3f'),
-        Metric('floor_protocol_ms', 'floor: node side of the 2 TCP exchanges (kernel)',
-               'ms CPU', None, '%.2f', stat='min'),
+        PROTOCOL_FLOOR,
         Metric('jobs_bound', 'bound, any node: cores/(client+floors)', 'jobs/s', None, '%.0f',
                ('bound', 5, 'jobs_per_s')),
         Metric('jobs_budget', 'node CPU left per job at 5x ref', 'ms', None, '%.2f',
@@ -396,8 +399,7 @@ METRICS = [
         Metric('prog_daemon_ms', '  node CPU per job: daemon', 'ms', 'lower', '%.2f'),
         Metric('floor_spawn_sh_ms', 'floor: spawn+run of the script', 'ms CPU', None, '%.2f',
                stat='min'),
-        Metric('floor_protocol_ms', 'floor: node side of the 2 TCP exchanges (kernel)',
-               'ms CPU', None, '%.2f', stat='min'),
+        PROTOCOL_FLOOR,
         Metric('prog_bound', 'bound, any node: cores/(client+floors)', 'jobs/s', None, '%.0f',
                ('bound', 3, 'prog_per_s')),
         Metric('prog_budget', 'node CPU left per job at 3x ref', 'ms', None, '%.2f',

@@ -42,6 +42,8 @@ import subprocess
 import sys
 import tempfile
 
+from rawcopy import recv_exact  # this directory
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.join(HERE, os.pardir, 'runner', 'dispynode_job.py')
 
@@ -162,14 +164,6 @@ def _frame(payload):
     return struct.pack('>L', len(payload)) + payload
 
 
-def _recv_exact(sock, size):
-    while size:
-        chunk = sock.recv(size)
-        if not chunk:
-            raise ConnectionError('peer closed early')
-        size -= len(chunk)
-
-
 def protocol_ms(n, warm=20):
     """System CPU of the node's side of one job's two TCP exchanges (see the module doc),
     the client's side run by a forked child on the same loopback."""
@@ -187,10 +181,10 @@ def protocol_ms(n, warm=20):
             for _ in range(warm + n):
                 with socket.create_connection(node_addr) as s:
                     s.sendall(job)
-                    _recv_exact(s, 4 + len(ACK))
+                    recv_exact(s, 4 + len(ACK))
                 conn, _ = client_l.accept()
                 with conn:
-                    _recv_exact(conn, len(reply))
+                    recv_exact(conn, len(reply))
                     conn.sendall(_frame(ACK))
             code = 0
         finally:
@@ -203,11 +197,11 @@ def protocol_ms(n, warm=20):
                 t0 = resource.getrusage(resource.RUSAGE_SELF).ru_stime
             conn, _ = node_l.accept()
             with conn:
-                _recv_exact(conn, len(job))
+                recv_exact(conn, len(job))
                 conn.sendall(_frame(ACK))
             with socket.create_connection(client_addr) as s:
                 s.sendall(reply)
-                _recv_exact(s, 4 + len(ACK))
+                recv_exact(s, 4 + len(ACK))
         t1 = resource.getrusage(resource.RUSAGE_SELF).ru_stime
         done = True
     finally:
