@@ -77,15 +77,33 @@ impl Node {
                             None
                         };
                         if let Some(cg) = leaf {
-                            match cg.add_process(pid) {
-                                Ok(()) => {
-                                    if let Some(j) = self.lock().jobs.get_mut(&id) {
+                            // Off the runtime thread: a migration write waits for an RCU grace
+                            // period (about 8 ms here) when none happened in the last few ms,
+                            // and the whole daemon would stall meanwhile. This computation's
+                            // events wait (they stay in order); the rest of the daemon runs on.
+                            let placing = cg.clone();
+                            let placed = tokio::task::spawn_blocking(move || {
+                                placing.add_process(pid).map_err(|e| e.to_string())
+                            })
+                            .await
+                            .unwrap_or_else(|e| Err(e.to_string()));
+                            // Kept by the job if it is still there (it may have ended while
+                            // we waited), else ended at once rather than left behind.
+                            let unclaimed = match placed {
+                                Ok(()) => match self.lock().jobs.get_mut(&id) {
+                                    Some(j) => {
                                         j.cgroup = Some(cg);
+                                        None
                                     }
-                                }
+                                    None => Some(cg),
+                                },
                                 Err(e) => {
-                                    tracing::warn!(job = id, error = %e, "could not move the job into its cgroup")
+                                    tracing::warn!(job = id, error = %e, "could not move the job into its cgroup");
+                                    Some(cg)
                                 }
+                            };
+                            if let Some(cg) = unclaimed {
+                                super::spawning::retire_cgroup(cg);
                             }
                         }
                         if let Some(w) = worker {
@@ -110,15 +128,12 @@ impl Node {
                     if let Some(pid) = pid {
                         self.procs.remove(pid);
                     }
+                    if let Some(reason) = cg.and_then(super::spawning::retire_cgroup) {
+                        header["status"] = serde_json::json!(status::TERMINATED);
+                        header["exception"] = serde_json::json!(format!("job killed: {reason}"));
+                    }
                     let n = self.clone();
                     tokio::spawn(async move {
-                        if let Some(cg) = cg {
-                            if let Some(reason) = super::spawning::retire_cgroup(cg).await {
-                                header["status"] = serde_json::json!(status::TERMINATED);
-                                header["exception"] =
-                                    serde_json::json!(format!("job killed: {reason}"));
-                            }
-                        }
                         n.finish_job(id, Outcome::Function { header, result }).await
                     });
                 }
@@ -312,8 +327,11 @@ impl Node {
             // Whatever the program left running in its process group goes with it.
             let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
         }
-        // A process that left the job's session may still hold the pipes open: take what
-        // arrived within a short grace period rather than wait for it forever.
+        // And with a cgroup, whatever left the process group too: then nothing of the job
+        // holds its pipes any more.
+        let limit_hit = cgroup.and_then(super::spawning::retire_cgroup);
+        // Without a cgroup, a process that left the job's session may still hold the pipes
+        // open: take what arrived within a short grace period rather than wait for it forever.
         let stdout = collect_output(out_task).await;
         let stderr = collect_output(err_task).await;
         let waited = status.map(|status| std::process::Output {
@@ -321,10 +339,6 @@ impl Node {
             stdout,
             stderr,
         });
-        let limit_hit = match cgroup {
-            Some(cg) => super::spawning::retire_cgroup(cg).await,
-            None => None,
-        };
         let outcome = match waited {
             Ok(out) => {
                 use std::os::unix::process::ExitStatusExt;

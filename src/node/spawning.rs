@@ -155,18 +155,20 @@ pub(crate) async fn retire_computation_cgroup(cg: ComputationCgroup) {
     .await;
 }
 
-/// Kills a job's cgroup and removes it, off the async threads (rmdir retries while the
-/// kernel drains it). Returns why the kernel stopped it, if a limit did.
-pub(crate) async fn retire_cgroup(cg: JobCgroup) -> Option<&'static str> {
+/// Ends a job's cgroup: reads why the kernel stopped the job, if a limit did, and kills what
+/// is left in it (both are single reads and writes of cgroupfs files); the directory is removed
+/// afterwards, off the async thread and without anyone waiting for it. The job's reply must
+/// not wait for that: `rmdir` fails with EBUSY until the job's processes have finished exiting,
+/// and each retry sleeps (5 ms at first), which used to delay every reply under delegation.
+pub(crate) fn retire_cgroup(cg: JobCgroup) -> Option<&'static str> {
+    let reason = cg.events().reason();
+    if let Err(e) = cg.kill() {
+        tracing::warn!(error = %e, "could not kill a job cgroup");
+    }
     tokio::task::spawn_blocking(move || {
-        let reason = cg.events().reason();
-        let _ = cg.kill();
         if let Err(e) = cg.remove() {
             tracing::warn!(error = %e, "could not remove a job cgroup");
         }
-        reason
-    })
-    .await
-    .ok()
-    .flatten()
+    });
+    reason
 }

@@ -1,0 +1,145 @@
+#!/usr/bin/env python3
+"""Our node as the package runs it: with a delegated cgroup v2 subtree (systemd's
+Delegate=yes), so every job gets a cgroup of its own -- against the same node without one.
+
+    python3 bench/delegation.py [--node-bin B] [--base-bin B0] [--rounds 4] [--out F]
+
+On a host whose /sys/fs/cgroup is not cgroup2 (this machine: hybrid v1, cgroup2 at
+/sys/fs/cgroup/unified), the node is started in a mount namespace of its own where that
+cgroup2 mount is bind-mounted over /sys/fs/cgroup, in a fresh cgroup below its root: a
+stand-in for systemd's delegation. Needs root. This host has no controller in cgroup2, so no
+limit is applied, but every step of a job's cgroup is real: mkdir, moving the job's process in
+(cgroup.procs), cgroup.kill, rmdir. (The limits themselves are tested in the VM:
+tests/vm/sandbox-limits.sh.)
+
+Runs, alternating, --rounds times: 200 sequential jobs (median latency), 1000 jobs (jobs/s)
+and 30 sporadic jobs, one every 50 ms (median latency: a cgroup migration waits for an RCU
+grace period when none happened in the last few ms). Configurations: `deleg` and `plain`
+(no delegation) with --node-bin, and `base-deleg` with --base-bin if given (an A/B of two
+builds under delegation). Writes --out (default bench/results/delegation.json).
+"""
+
+import argparse
+import glob
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import benchlib  # noqa: E402
+from benchlib import log  # noqa: E402
+
+# Runs "$@" in a new mount namespace whose /sys/fs/cgroup is the cgroup2 mount, in a cgroup of
+# its own below that mount's root (removed by cleanup() once the node is gone).
+WRAP = r'''
+set -e
+v2=$(findmnt -n -t cgroup2 -o TARGET | head -1)
+[ -n "$v2" ] || { echo "no cgroup2 mount" >&2; exit 1; }
+[ "$v2" = /sys/fs/cgroup ] || mount --bind "$v2" /sys/fs/cgroup
+cg=/sys/fs/cgroup/dispynode-bench-$$
+mkdir "$cg"
+echo $$ > "$cg/cgroup.procs"
+exec "$@"
+'''
+
+SPORADIC = r'''
+import json, statistics, sys, time
+import dispy
+port, n, pause = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+def f(x):
+    return x
+c = dispy.JobCluster(f, nodes=[('127.0.0.1', port)], host='127.0.0.1', dispy_port=port - 1,
+                     loglevel=dispy.logger.CRITICAL)
+c.submit(-1)()
+lat = []
+for i in range(n):
+    time.sleep(pause)
+    t = time.perf_counter()
+    j = c.submit(i)
+    assert j() == i, j.exception
+    lat.append((time.perf_counter() - t) * 1e3)
+c.close()
+print('RESULT ' + json.dumps({'median_ms': statistics.median(lat)}))
+'''
+
+
+def cgroup2_root():
+    out = subprocess.run(['findmnt', '-n', '-t', 'cgroup2', '-o', 'TARGET'], capture_output=True,
+                         text=True, timeout=30).stdout.split()
+    return out[0] if out else None
+
+
+def cleanup():
+    root = cgroup2_root()
+    for cg in glob.glob(os.path.join(root or '/nonexistent', 'dispynode-bench-*')):
+        subprocess.run(['find', cg, '-depth', '-type', 'd', '-exec', 'rmdir', '{}', ';'],
+                       timeout=60, stderr=subprocess.DEVNULL)
+
+
+def run_workload(venv, node, argv):
+    with tempfile.TemporaryDirectory(prefix='dispynode-bench-deleg-') as d:
+        p = subprocess.run([benchlib.venv_python(venv)] + [a.replace('PORT', str(node.port)) for a in argv],
+                           cwd=d, capture_output=True, text=True, timeout=600)
+    line = [x for x in p.stdout.splitlines() if x.startswith('RESULT ')]
+    if not line:
+        raise RuntimeError('client failed: %s %s' % (p.stdout[-300:], p.stderr[-800:]))
+    res = json.loads(line[0][7:])
+    if res.get('lost', 0) or res.get('wrong', 0):
+        raise RuntimeError('lost or wrong results: %s' % res)
+    return res
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('--venv', default=benchlib.default_venv())
+    ap.add_argument('--node-bin', default=benchlib.default_node_bin())
+    ap.add_argument('--base-bin', help='a second build, run delegated too (A/B)')
+    ap.add_argument('--rounds', type=int, default=4)
+    ap.add_argument('--out', default=os.path.join(benchlib.HERE, 'results', 'delegation.json'))
+    args = ap.parse_args()
+    if os.geteuid() != 0 or not cgroup2_root():
+        sys.exit('delegation.py needs root and a cgroup2 mount')
+    wrap = ['unshare', '-m', '--propagation', 'private', 'bash', '-c', WRAP, 'bash']
+    configs = {'deleg': (args.node_bin, wrap), 'plain': (args.node_bin, [])}
+    if args.base_bin:
+        configs = {'base-deleg': (args.base_bin, wrap), **configs}
+    client = os.path.join(benchlib.HERE, 'client.py')
+    sporadic = os.path.join(tempfile.mkdtemp(prefix='dispynode-bench-deleg-'), 'sporadic.py')
+    with open(sporadic, 'w') as fd:
+        fd.write(SPORADIC)
+    work = {'seq_median_ms': ([client, 'seq', 'PORT', '200'], 'median_ms'),
+            'jobs_per_s': ([client, 'jobs', 'PORT', '1000'], 'jobs_per_s'),
+            'sporadic_median_ms': ([sporadic, 'PORT', '30', '0.05'], 'median_ms')}
+    res = {name: {k: [] for k in work} for name in configs}
+    try:
+        for rnd in range(args.rounds):
+            for name, (binary, wrapper) in configs.items():
+                node = benchlib.Node('ours', args.venv, binary, wrap=wrapper, python='/usr/bin/python3').start()
+                try:
+                    for key, (argv, field) in work.items():
+                        res[name][key].append(run_workload(args.venv, node, argv)[field])
+                    with open(node.log_path, errors='replace') as fd:
+                        delegated = 'cgroup v2 delegated' in fd.read()
+                    if delegated != bool(wrapper):
+                        raise RuntimeError('%s: delegated=%s: %s' % (name, delegated, node.log_tail()))
+                finally:
+                    node.stop()
+                log('round %d %-10s %s' % (rnd, name, ', '.join('%s %.2f' % (k, v[-1]) for k, v in res[name].items())))
+    finally:
+        cleanup()
+    summary = {name: {k: statistics.median(v) for k, v in r.items()} for name, r in res.items()}
+    doc = {'summary': summary, 'runs': res, 'rounds': args.rounds, 'node_bin': args.node_bin,
+           'base_bin': args.base_bin, 'machine': benchlib.machine_info(args.venv, args.node_bin)}
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, 'w') as fd:
+        json.dump(doc, fd, indent=1, sort_keys=True)
+    print('%-12s %16s %12s %20s' % ('config', 'seq median ms', 'jobs/s', 'sporadic median ms'))
+    for name, s in summary.items():
+        print('%-12s %16.2f %12.0f %20.2f' % (name, s['seq_median_ms'], s['jobs_per_s'], s['sporadic_median_ms']))
+
+
+if __name__ == '__main__':
+    main()
