@@ -486,6 +486,7 @@ class Spare:
         self.job_w = job_w
         self.result_fd = result_fd
         self.zygote = zygote  # the zygote's child (it reaps it), not ours
+        self.placed = False  # the daemon has moved it into a job cgroup of its own (_op_placed)
 
     def close(self):
         """Close our ends of its pipes."""
@@ -615,7 +616,7 @@ class Worker:
                           and self.zygote is None)
             events = self.selector.select(0 if want_spare else None)
             if not events and want_spare:
-                self.spares.append(self._fork_spare())
+                self._add_spare(self._fork_spare())
                 continue
             for key, _ in events:
                 key.data()
@@ -729,7 +730,11 @@ class Worker:
         if self.user_globals is None:
             self._send_not_started(header['id'], 'computation is not set up')
             return
-        spare = self.spares.pop(0) if self.spares else None
+        spare = next((sp for sp in self.spares if sp.placed), None)
+        if spare is not None:
+            self.spares.remove(spare)
+        elif self.spares:
+            spare = self.spares.pop(0)
         if spare is None and self.zygote is not None:
             spare = self._zygote_spare(timeout=10)
         for attempt in range(2):
@@ -739,9 +744,14 @@ class Worker:
                 except OSError as exc:
                     self._send_not_started(header['id'], 'could not start job process: %s' % exc)
                     return
+            # With ``hold``, a child the daemon has not placed in a cgroup of its own waits
+            # before any user code until the daemon has moved it into the job's cgroup (which
+            # the sandboxed job itself may not write) and says ``release``: the job pipe stays
+            # open as its gate. A placed spare runs at once.
+            held = header['hold'] = bool(header.get('hold')) and not spare.placed
             # Before the job reaches the child, which may send its ``done`` straight away (a
             # retry with a fresh spare sends the new pid).
-            self.send({'ev': 'started', 'id': header['id'], 'pid': spare.pid})
+            self.send({'ev': 'started', 'id': header['id'], 'pid': spare.pid, 'held': held})
             try:
                 # marshal, not JSON: both ends are this file in this interpreter, and marshal
                 # is C alone where json runs Python (and touches, so copies, pages) in the child.
@@ -753,10 +763,7 @@ class Worker:
         else:
             self._send_not_started(header['id'], 'could not start job process: it died')
             return
-        # With ``hold``, the child waits before any user code until the daemon has moved it
-        # into the job's cgroup (which the sandboxed job itself may not write) and says
-        # ``release``: the job pipe stays open as its gate.
-        gate = spare.job_w if header.get('hold') else None
+        gate = spare.job_w if held else None
         if gate is None:
             os.close(spare.job_w)
         os.set_blocking(spare.result_fd, False)
@@ -790,6 +797,20 @@ class Worker:
         os.close(write_fd)
         os.close(job_r)
         return Spare(pid, job_w, read_fd)
+
+    def _add_spare(self, spare):
+        """A new spare is ready. With cgroups (``place_spares``) the daemon is told, so that
+        it moves the spare into a job cgroup of its own now: that move waits for an RCU grace
+        period (several ms) when no other move happened just before, and a job given a placed
+        spare does not wait for it."""
+        self.spares.append(spare)
+        if self.config and self.config.get('place_spares'):
+            self.send({'ev': 'spare', 'pid': spare.pid})
+
+    def _op_placed(self, header, blob):
+        for spare in self.spares:
+            if spare.pid == header.get('pid'):
+                spare.placed = True
 
     def _discard_spares(self, zygote_only=False):
         keep = []
@@ -874,7 +895,7 @@ class Worker:
         if kind == 's':
             spare = Spare(pid, fds[0], fds[1], zygote=True)
             if len(self.spares) < SPARES:
-                self.spares.append(spare)
+                self._add_spare(spare)
             else:
                 spare.discard()
         elif kind == 'x':

@@ -1,6 +1,7 @@
 //! Job lifecycle: start (function jobs in the computation's Python worker, program jobs as
 //! processes of their own), terminate, finish and deliver the reply; closing computations.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use serde_json::{json, Value as Json};
 use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::oneshot;
 
 use super::leftovers;
 use super::worker::JobEvent;
@@ -19,7 +21,19 @@ use crate::net;
 use crate::protocol::message::{self, status, Job, JobReply, Output, PICKLED_NONE};
 use crate::protocol::pickle::{self, Value};
 use crate::results::SavedResult;
+use crate::sandbox::cgroup::ComputationCgroup;
+use crate::sandbox::JobCgroup;
 use crate::store::{self, Dir};
+
+/// Moves `pid` into `cg`, off the runtime thread: a migration write waits for an RCU grace
+/// period (about 8 ms on the benchmark's machine) when no migration happened in the last few
+/// ms, and the whole daemon would stall meanwhile.
+async fn place(cg: &JobCgroup, pid: i32) -> Result<(), String> {
+    let cg = cg.clone();
+    tokio::task::spawn_blocking(move || cg.add_process(pid).map_err(|e| e.to_string()))
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()))
+}
 
 /// How a job ended, before it becomes a `_JobReply`.
 pub(crate) enum Outcome {
@@ -43,69 +57,114 @@ impl Node {
         worker_pid: Option<i32>,
         mut rx: UnboundedReceiver<JobEvent>,
     ) {
+        // Spares being moved (or moved) into job cgroups of their own ahead of their jobs, by
+        // pid; what the move made, once done (see `JobEvent::Spare`).
+        let mut spares: HashMap<i32, oneshot::Receiver<Option<JobCgroup>>> = HashMap::new();
+        let mut spare_seq = 0u64;
         while let Some(ev) = rx.recv().await {
             match ev {
-                JobEvent::Started { id, pid } => {
+                JobEvent::Spare { pid } => {
+                    let (comp_cg, worker) = self.cgroup_and_worker(compute_id);
+                    if comp_cg.is_none()
+                        || !worker_pid.is_some_and(|w| leftovers::descends_from(pid, w))
+                    {
+                        continue;
+                    }
+                    spare_seq += 1;
+                    let Some(cg) = self.leaf_cgroup(comp_cg.as_ref(), &format!("s{spare_seq}"))
+                    else {
+                        continue;
+                    };
+                    let (tx, placed) = oneshot::channel();
+                    spares.insert(pid, placed);
+                    // Its own task: the move may wait several ms, and this computation's
+                    // events (a job's done) must not wait for it.
+                    tokio::spawn(async move {
+                        match place(&cg, pid).await {
+                            Ok(()) => {
+                                // Known here before the worker can give the spare a job.
+                                if tx.send(Some(cg)).is_ok() {
+                                    if let Some(w) = worker {
+                                        let _ = w.spare_placed(pid).await;
+                                    }
+                                }
+                            }
+                            Err(e) => {
+                                tracing::warn!(pid, error = %e, "could not move a spare into its cgroup");
+                                super::spawning::retire_cgroup(cg);
+                                let _ = tx.send(None);
+                            }
+                        }
+                    });
+                }
+                JobEvent::Started { id, pid, held } => {
                     // Job code can write to this stream too (module doc of the worker): only
                     // this computation's running jobs are believed.
                     if !self.has_job_of(id, compute_id) {
                         continue;
                     }
                     self.record_job_process(pid, worker_pid);
-                    let (comp_cg, worker) = {
-                        let mut st = self.lock();
-                        if let Some(j) = st.jobs.get_mut(&id) {
-                            j.pid = Some(pid);
-                        }
-                        st.computations
-                            .get(&compute_id)
-                            .map(|c| (c.cgroup.clone(), c.worker.clone()))
-                            .unwrap_or((None, None))
+                    if let Some(j) = self.lock().jobs.get_mut(&id) {
+                        j.pid = Some(pid);
+                    }
+                    let (comp_cg, worker) = self.cgroup_and_worker(compute_id);
+                    if comp_cg.is_none() {
+                        continue;
+                    }
+                    let ours = worker_pid.is_some_and(|w| leftovers::descends_from(pid, w));
+                    // A spare placed ahead brings its cgroup, if the process really is in it
+                    // (a pid of a spare that died meanwhile may have been reused).
+                    let ahead = match spares.remove(&pid) {
+                        Some(placed) => placed.await.ok().flatten(),
+                        None => None,
                     };
-                    if comp_cg.is_some() {
-                        // The child waits (hold) until it is in its own cgroup: place it, then
-                        // release it to run user code.
-                        let ours = worker_pid.is_some_and(|w| leftovers::descends_from(pid, w));
-                        let leaf = if ours {
-                            self.leaf_cgroup(comp_cg.as_ref(), &format!("f{id}"))
-                        } else {
+                    let ahead = match ahead {
+                        Some(cg) if ours && cg.holds(pid) => Some(cg),
+                        Some(cg) => {
+                            super::spawning::retire_cgroup(cg);
+                            None
+                        }
+                        None => None,
+                    };
+                    let leaf = match ahead {
+                        Some(cg) => Some(cg),
+                        // Else a held child: place it now, then release it to run user code.
+                        None if ours => match self.leaf_cgroup(comp_cg.as_ref(), &format!("f{id}"))
+                        {
+                            Some(cg) => match place(&cg, pid).await {
+                                Ok(()) => Some(cg),
+                                Err(e) => {
+                                    tracing::warn!(job = id, error = %e, "could not move the job into its cgroup");
+                                    super::spawning::retire_cgroup(cg);
+                                    None
+                                }
+                            },
+                            None => None,
+                        },
+                        None => {
                             tracing::warn!(
                                 job = id,
                                 pid,
                                 "the worker reported a process not its own: not placed"
                             );
                             None
-                        };
-                        if let Some(cg) = leaf {
-                            // Off the runtime thread: a migration write waits for an RCU grace
-                            // period (about 8 ms here) when none happened in the last few ms,
-                            // and the whole daemon would stall meanwhile. This computation's
-                            // events wait (they stay in order); the rest of the daemon runs on.
-                            let placing = cg.clone();
-                            let placed = tokio::task::spawn_blocking(move || {
-                                placing.add_process(pid).map_err(|e| e.to_string())
-                            })
-                            .await
-                            .unwrap_or_else(|e| Err(e.to_string()));
-                            // Kept by the job if it is still there (it may have ended while
-                            // we waited), else ended at once rather than left behind.
-                            let unclaimed = match placed {
-                                Ok(()) => match self.lock().jobs.get_mut(&id) {
-                                    Some(j) => {
-                                        j.cgroup = Some(cg);
-                                        None
-                                    }
-                                    None => Some(cg),
-                                },
-                                Err(e) => {
-                                    tracing::warn!(job = id, error = %e, "could not move the job into its cgroup");
-                                    Some(cg)
-                                }
-                            };
-                            if let Some(cg) = unclaimed {
-                                super::spawning::retire_cgroup(cg);
-                            }
                         }
+                    };
+                    if let Some(cg) = leaf {
+                        // Kept by the job if it is still there (it may have ended while we
+                        // waited), else ended at once rather than left behind.
+                        let unclaimed = match self.lock().jobs.get_mut(&id) {
+                            Some(j) => {
+                                j.cgroup = Some(cg);
+                                None
+                            }
+                            None => Some(cg),
+                        };
+                        if let Some(cg) = unclaimed {
+                            super::spawning::retire_cgroup(cg);
+                        }
+                    }
+                    if held {
                         if let Some(w) = worker {
                             let _ = w.release_job(id).await;
                         }
@@ -162,6 +221,21 @@ impl Node {
                 }
             }
         }
+    }
+
+    /// The computation's cgroup and worker, if it has them.
+    fn cgroup_and_worker(
+        &self,
+        compute_id: i64,
+    ) -> (
+        Option<ComputationCgroup>,
+        Option<Arc<super::worker::Worker>>,
+    ) {
+        self.lock()
+            .computations
+            .get(&compute_id)
+            .map(|c| (c.cgroup.clone(), c.worker.clone()))
+            .unwrap_or((None, None))
     }
 
     /// Whether job `id` is one of computation `compute_id`'s.

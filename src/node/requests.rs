@@ -335,6 +335,8 @@ impl Node {
             "msg_timeout": self.live().msg_timeout.as_secs_f64(),
             // Jobs verify the client with the certificate itself: they may not read the files.
             "cadata": self.tls.as_ref().map(|t| t.certificate_pem()),
+            // With cgroups, spares are moved into job cgroups before their jobs come.
+            "place_spares": cgroup.is_some(),
         });
         match w.control(header, &[], Some(WORKER_START)).await {
             Ok(r) if r.ok => Ok(w),

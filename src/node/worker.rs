@@ -49,10 +49,12 @@ pub enum WorkerError {
 /// Everything the daemon learns about a job from the worker.
 #[derive(Debug)]
 pub enum JobEvent {
-    Started {
-        id: u64,
-        pid: i32,
-    },
+    /// Job `id` runs in child `pid`; `held`: the child waits for `release` before any user
+    /// code (it was not placed in a cgroup ahead, see `Spare`).
+    Started { id: u64, pid: i32, held: bool },
+    /// A new spare child (forked ahead for a coming job) to move into a job cgroup of its own
+    /// now, with `place_spares` only.
+    Spare { pid: i32 },
     Done {
         id: u64,
         header: Json,
@@ -167,6 +169,12 @@ impl Worker {
         self.send(&header, &[args, kwargs]).await
     }
 
+    /// Tells the worker that spare `pid` is in a job cgroup of its own: a job given to it
+    /// needs no `hold`.
+    pub async fn spare_placed(&self, pid: i32) -> Result<(), WorkerError> {
+        self.send(&json!({"op": "placed", "pid": pid}), &[]).await
+    }
+
     /// Lets a held job child (placed in its cgroup meanwhile) run user code.
     pub async fn release_job(&self, id: u64) -> Result<(), WorkerError> {
         self.send(&json!({"op": "release", "id": id}), &[]).await
@@ -235,8 +243,19 @@ async fn read_events(
                     .get("pid")
                     .and_then(Json::as_i64)
                     .and_then(|p| i32::try_from(p).ok());
+                // Not stated (never from this worker): held, so a `release` is always sent.
+                let held = header.get("held").and_then(Json::as_bool).unwrap_or(true);
                 if let (Some(id), Some(pid)) = (id, pid) {
-                    let _ = events.send(JobEvent::Started { id, pid });
+                    let _ = events.send(JobEvent::Started { id, pid, held });
+                }
+            }
+            "spare" => {
+                let pid = header
+                    .get("pid")
+                    .and_then(Json::as_i64)
+                    .and_then(|p| i32::try_from(p).ok());
+                if let Some(pid) = pid {
+                    let _ = events.send(JobEvent::Spare { pid });
                 }
             }
             "done" => {

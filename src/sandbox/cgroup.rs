@@ -411,6 +411,18 @@ impl JobCgroup {
         &self.path
     }
 
+    /// Whether process `pid` is in this cgroup now (its `/proc/<pid>/cgroup`).
+    pub fn holds(&self, pid: i32) -> bool {
+        fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|t| self.holds_in(&t))
+    }
+
+    /// Whether the `/proc/<pid>/cgroup` text `proc_cgroup` names this cgroup.
+    pub fn holds_in(&self, proc_cgroup: &str) -> bool {
+        own_cgroup(proc_cgroup)
+            .map(|rel| rel.trim_start_matches('/'))
+            .is_some_and(|rel| !rel.is_empty() && self.path.ends_with(rel))
+    }
+
     /// `<cgroup>/cgroup.procs`: a process joins by writing its pid, or `0` for itself.
     pub fn procs_path(&self) -> PathBuf {
         self.path.join("cgroup.procs")
@@ -708,6 +720,20 @@ mod tests {
     fn parses_own_cgroup() {
         assert_eq!(own_cgroup(&proc_cgroup(OWN)), Some(OWN));
         assert_eq!(own_cgroup("3:cpu:/\n2:memory:/x\n"), None);
+    }
+
+    #[test]
+    fn holds_in_reads_the_v2_line() {
+        let cg = JobCgroup {
+            path: PathBuf::from("/sys/fs/cgroup/system.slice/d.service/jobs/c1/s3"),
+            ops: FsOps::KERNEL,
+        };
+        assert!(cg.holds_in("0::/system.slice/d.service/jobs/c1/s3\n"));
+        assert!(cg.holds_in("4:memory:/x\n0::/system.slice/d.service/jobs/c1/s3\n"));
+        assert!(!cg.holds_in("0::/system.slice/d.service/jobs/c1/s31\n"));
+        assert!(!cg.holds_in("0::/system.slice/d.service/jobs/c1/worker\n"));
+        assert!(!cg.holds_in("0::/\n"));
+        assert!(!cg.holds_in("1:cpu:/system.slice/d.service/jobs/c1/s3\n"));
     }
 
     #[test]

@@ -341,6 +341,9 @@ pub struct NodeOpts {
     pub max_file_size: Option<String>,
     /// Passed verbatim (the option must exist in the implementation under test).
     pub extra: Vec<String>,
+    /// A command the node's command line is appended to (e.g. `unshare ...`): the node runs
+    /// through it (it must `exec` the node, so that the pid stays the node's).
+    pub wrap: Vec<String>,
 }
 
 impl Default for NodeOpts {
@@ -350,6 +353,7 @@ impl Default for NodeOpts {
             secret: None,
             max_file_size: None,
             extra: Vec::new(),
+            wrap: Vec::new(),
         }
     }
 }
@@ -409,6 +413,14 @@ impl Node {
             cmd.args(["--max_file_size", m]);
         }
         cmd.args(&opts.extra);
+        if let Some((first, rest)) = opts.wrap.split_first() {
+            let mut wrapped = Command::new(first);
+            wrapped
+                .args(rest)
+                .arg(cmd.get_program())
+                .args(cmd.get_args());
+            cmd = wrapped;
+        }
         let (child, command) = spawn_node(cmd, base.path(), log);
         let mut node = Node {
             child,
