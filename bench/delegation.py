@@ -13,8 +13,8 @@ limit is applied, but every step of a job's cgroup is real: mkdir, moving the jo
 tests/vm/sandbox-limits.sh.)
 
 Runs, alternating, --rounds times: 200 sequential jobs (median latency), 1000 jobs (jobs/s)
-and 30 sporadic jobs, one every 50 ms (median latency: a cgroup migration waits for an RCU
-grace period when none happened in the last few ms). Configurations: `deleg` and `plain`
+and 30 sporadic jobs, one every 50 ms, of a function and of a shell script (median latency:
+a cgroup migration waits for an RCU grace period when none happened in the last few ms). Configurations: `deleg` and `plain`
 (no delegation) with --node-bin, and `base-deleg` with --base-bin if given (an A/B of two
 builds under delegation). Writes --out (default bench/results/delegation.json).
 """
@@ -46,20 +46,28 @@ exec "$@"
 '''
 
 SPORADIC = r'''
-import json, statistics, sys, time
+import json, os, statistics, sys, time
 import dispy
-port, n, pause = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+port, n, pause, kind = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
 def f(x):
     return x
-c = dispy.JobCluster(f, nodes=[('127.0.0.1', port)], host='127.0.0.1', dispy_port=port - 1,
-                     loglevel=dispy.logger.CRITICAL)
+if kind == 'program':
+    with open('prog.sh', 'w') as fd:
+        fd.write('#!/bin/sh\necho "$1"\n')
+    os.chmod('prog.sh', 0o755)
+    computation, want = 'prog.sh', lambda j, i: j.stdout.strip() == str(i).encode()
+else:
+    computation, want = f, lambda j, i: j.result == i
+c = dispy.JobCluster(computation, nodes=[('127.0.0.1', port)], host='127.0.0.1',
+                     dispy_port=port - 1, loglevel=dispy.logger.CRITICAL)
 c.submit(-1)()
 lat = []
 for i in range(n):
     time.sleep(pause)
     t = time.perf_counter()
     j = c.submit(i)
-    assert j() == i, j.exception
+    j()
+    assert want(j, i), (j.result, j.stdout, j.exception)
     lat.append((time.perf_counter() - t) * 1e3)
 c.close()
 print('RESULT ' + json.dumps({'median_ms': statistics.median(lat)}))
@@ -112,7 +120,8 @@ def main():
         fd.write(SPORADIC)
     work = {'seq_median_ms': ([client, 'seq', 'PORT', '200'], 'median_ms'),
             'jobs_per_s': ([client, 'jobs', 'PORT', '1000'], 'jobs_per_s'),
-            'sporadic_median_ms': ([sporadic, 'PORT', '30', '0.05'], 'median_ms')}
+            'sporadic_median_ms': ([sporadic, 'PORT', '30', '0.05', 'function'], 'median_ms'),
+            'sporadic_prog_median_ms': ([sporadic, 'PORT', '30', '0.05', 'program'], 'median_ms')}
     res = {name: {k: [] for k in work} for name in configs}
     try:
         for rnd in range(args.rounds):
@@ -136,9 +145,11 @@ def main():
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, 'w') as fd:
         json.dump(doc, fd, indent=1, sort_keys=True)
-    print('%-12s %16s %12s %20s' % ('config', 'seq median ms', 'jobs/s', 'sporadic median ms'))
+    print('%-12s %16s %12s %20s %25s' % ('config', 'seq median ms', 'jobs/s', 'sporadic median ms',
+                                          'sporadic program median ms'))
     for name, s in summary.items():
-        print('%-12s %16.2f %12.0f %20.2f' % (name, s['seq_median_ms'], s['jobs_per_s'], s['sporadic_median_ms']))
+        print('%-12s %16.2f %12.0f %20.2f %25.2f' % (name, s['seq_median_ms'], s['jobs_per_s'],
+                                                   s['sporadic_median_ms'], s['sporadic_prog_median_ms']))
 
 
 if __name__ == '__main__':
