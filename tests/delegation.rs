@@ -42,6 +42,7 @@ fn cgroup2_mount() -> Option<PathBuf> {
         .map(PathBuf::from);
     if mount.is_none() || Command::new("unshare").arg("--version").output().is_err() {
         eprintln!("SKIP: no cgroup2 mount or no unshare(1) on this host");
+        return None;
     }
     mount
 }

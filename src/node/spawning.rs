@@ -156,16 +156,24 @@ pub(crate) async fn retire_computation_cgroup(cg: ComputationCgroup) {
 }
 
 /// Ends a job's cgroup: reads why the kernel stopped the job, if a limit did, and kills what
-/// is left in it (both are single reads and writes of cgroupfs files); the directory is removed
-/// afterwards, off the async thread and without anyone waiting for it. The job's reply must
-/// not wait for that: `rmdir` fails with EBUSY until the job's processes have finished exiting,
-/// and each retry sleeps (5 ms at first), which used to delay every reply under delegation.
+/// is left in it (single reads and a write of cgroupfs files, with `cgroup.kill`); the
+/// directory is removed afterwards, off the async thread and without anyone waiting for it.
+/// The job's reply must not wait for that: `rmdir` fails with EBUSY until the job's processes
+/// have finished exiting, and each retry sleeps (5 ms at first), which used to delay every
+/// reply under delegation.
 pub(crate) fn retire_cgroup(cg: JobCgroup) -> Option<&'static str> {
     let reason = cg.events().reason();
-    if let Err(e) = cg.kill() {
-        tracing::warn!(error = %e, "could not kill a job cgroup");
-    }
+    let killed = cg.kill_at_once();
     tokio::task::spawn_blocking(move || {
+        // Without cgroup.kill (or if writing it failed), process by process: that may sleep,
+        // so not on the async thread.
+        let killed = match killed {
+            Ok(true) => Ok(()),
+            _ => cg.kill(),
+        };
+        if let Err(e) = killed {
+            tracing::warn!(error = %e, "could not kill a job cgroup");
+        }
         if let Err(e) = cg.remove() {
             tracing::warn!(error = %e, "could not remove a job cgroup");
         }

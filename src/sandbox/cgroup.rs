@@ -478,7 +478,7 @@ impl JobCgroup {
     /// Kills every process in this cgroup and below: `cgroup.kill` (Linux 5.14); on older
     /// kernels, freeze if possible and SIGKILL every pid until none is left.
     pub fn kill(&self) -> Result<(), CgroupError> {
-        if write_if_present(&self.path.join("cgroup.kill"), "1")? {
+        if self.kill_at_once()? {
             return Ok(());
         }
         let frozen = write_if_present(&self.path.join("cgroup.freeze"), "1")?;
@@ -488,6 +488,12 @@ impl JobCgroup {
             let _ = write_if_present(&self.path.join("cgroup.freeze"), "0");
         }
         result
+    }
+
+    /// `cgroup.kill` (Linux 5.14): one write, never blocks. False when the kernel has none
+    /// ([`kill`](Self::kill) then signals each process, and may sleep between rounds).
+    pub fn kill_at_once(&self) -> Result<bool, CgroupError> {
+        write_if_present(&self.path.join("cgroup.kill"), "1")
     }
 
     fn kill_each(&self) -> Result<(), CgroupError> {
