@@ -18,7 +18,8 @@ a cgroup migration waits for an RCU grace period when none happened in the last 
 (no delegation) with --node-bin, `base-deleg` with --base-bin if given (an A/B of two
 builds under delegation), and with --reference the Python dispynode (outside any cgroup, as it
 always runs; not the 1000 jobs, which wedge it in about half the runs: bench.py counts that),
-with the ratios. Ours must have no lost or wrong result; the reference's are counted. Writes --out (default bench/results/delegation.json).
+with the ratios. Ours must have no lost or wrong result; the reference's are counted, and a
+reference run that wedges (no result) is counted, and run again on a fresh node (3 tries). Writes --out (default bench/results/delegation.json).
 """
 
 import argparse
@@ -91,13 +92,23 @@ def cleanup():
                        timeout=60, stderr=subprocess.DEVNULL)
 
 
+class ClientFailed(RuntimeError):
+    """The client printed no result: it failed, or the node wedged (the reference does)."""
+
+
 def run_workload(venv, node, argv, strict=True):
+    # client.py's own watchdog ends a wedged run (stacks on stderr); the timeout is the last
+    # resort, for the sporadic script.
+    env = dict(os.environ, BENCH_CLIENT_WAIT='60', BENCH_CLIENT_WATCHDOG='90')
     with tempfile.TemporaryDirectory(prefix='dispynode-bench-deleg-') as d:
-        p = subprocess.run([benchlib.venv_python(venv)] + [a.replace('PORT', str(node.port)) for a in argv],
-                           cwd=d, capture_output=True, text=True, timeout=600)
+        try:
+            p = subprocess.run([benchlib.venv_python(venv)] + [a.replace('PORT', str(node.port)) for a in argv],
+                               cwd=d, capture_output=True, text=True, timeout=150, env=env)
+        except subprocess.TimeoutExpired as e:
+            raise ClientFailed('client timed out: %s' % str(e.stdout or '')[-300:]) from None
     line = [x for x in p.stdout.splitlines() if x.startswith('RESULT ')]
     if not line:
-        raise RuntimeError('client failed: %s %s' % (p.stdout[-300:], p.stderr[-800:]))
+        raise ClientFailed('client failed: %s %s' % (p.stdout[-300:], p.stderr[-800:]))
     res = json.loads(line[0][7:])
     if strict and (res.get('lost', 0) or res.get('wrong', 0)):
         raise RuntimeError('lost or wrong results: %s' % res)
@@ -134,17 +145,35 @@ def main():
                                         'median_ms')}
     res = {name: {k: [] for k in work} for name in configs}
     wrong = {name: 0 for name in configs}  # the reference's (ours must have none)
+    wedged = {name: 0 for name in configs}  # the reference's runs without a result, retried
     try:
         for rnd in range(args.rounds):
             for name, (binary, wrapper) in configs.items():
                 ours = binary is not None
-                node = benchlib.Node('ours' if ours else 'ref', args.venv, binary, wrap=wrapper,
-                                     python='/usr/bin/python3' if ours else None).start()
+
+                def start():
+                    return benchlib.Node('ours' if ours else 'ref', args.venv, binary, wrap=wrapper,
+                                         python='/usr/bin/python3' if ours else None).start()
+                node = start()
                 try:
                     for key, (argv, field) in work.items():
                         if not ours and key == 'jobs_per_s':
                             continue
-                        r = run_workload(args.venv, node, argv, strict=ours)
+                        for attempt in range(3):
+                            try:
+                                r = run_workload(args.venv, node, argv, strict=ours)
+                                break
+                            except ClientFailed as e:
+                                if ours:
+                                    raise
+                                # a wedged reference: counted, a fresh node, the run again
+                                wedged[name] += 1
+                                log('round %d %s %s: no result (%s), retrying on a fresh node'
+                                    % (rnd, name, key, str(e)[:120].replace('\n', ' ')))
+                                node.stop()
+                                node = start()
+                        else:
+                            continue
                         res[name][key].append(r[field])
                         wrong[name] += r.get('wrong', 0) + r.get('lost', 0)
                     with open(node.log_path, errors='replace') as fd:
@@ -158,7 +187,7 @@ def main():
         cleanup()
     summary = {name: {k: statistics.median(v) if v else None for k, v in r.items()}
                for name, r in res.items()}
-    doc = {'summary': summary, 'runs': res, 'wrong_or_lost': wrong, 'rounds': args.rounds, 'node_bin': args.node_bin,
+    doc = {'summary': summary, 'runs': res, 'wrong_or_lost': wrong, 'wedged_retried': wedged, 'rounds': args.rounds, 'node_bin': args.node_bin,
            'base_bin': args.base_bin, 'machine': benchlib.machine_info(args.venv, args.node_bin)}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, 'w') as fd:
@@ -168,8 +197,8 @@ def main():
     keys = ('seq_median_ms', 'jobs_per_s', 'sporadic_median_ms', 'sporadic_prog_median_ms')
     cell = lambda v, w: ('%*.2f' % (w, v)) if v is not None else '%*s' % (w, '-')  # noqa: E731
     for name, s in summary.items():
-        print('%-12s %s %s %s %s  wrong/lost %d' % ((name,) + tuple(
-            cell(s[k], w) for k, w in zip(keys, (16, 12, 20, 25))) + (wrong[name],)))
+        print('%-12s %s %s %s %s  wrong/lost %d, wedged %d' % ((name,) + tuple(
+            cell(s[k], w) for k, w in zip(keys, (16, 12, 20, 25))) + (wrong[name], wedged[name])))
     ref = summary.get('reference')
     if ref:
         # Latencies: how many times lower ours is (>1: ours better).

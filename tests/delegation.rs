@@ -4,7 +4,8 @@
 //! its root, which it takes as delegated. This host has no controller in cgroup2, so no limit
 //! applies (the limits are tested in the systemd VM: `tests/vm/sandbox-limits.sh`), but every
 //! step of a job's cgroup is real: the spare moved into a job cgroup before its job comes (or,
-//! when jobs come faster, the child held until it is moved), the kill, the removal.
+//! when jobs come faster, the child held until it is moved), a program job's birth in its
+//! cgroup, the kill, the removal.
 //!
 //! Needs root, `unshare` and a cgroup2 mount; skipped with a message otherwise, and under
 //! `DISPYNODE_IMPL=reference` (no cgroups there).
@@ -103,7 +104,25 @@ fn jobs_run_in_cgroups_of_their_own() {
             "closed",
         ],
     );
-    // After the close, nothing is left of the computation's cgroups (they go once their
+    // Program jobs: started by the spawner directly in their cgroup (clone3 with
+    // CLONE_INTO_CGROUP), one each.
+    let run = run_against(&node, "cgroups_program", &["20", "3"]);
+    run.assert_checks(
+        &node,
+        &[
+            "all_replied",
+            "all_exited_0",
+            "distinct_cgroups",
+            "one_computation",
+            "job_leaves",
+            "closed",
+        ],
+    );
+    node.ensure(
+        !node.log().contains("CLONE_INTO_CGROUP) unavailable"),
+        "the spawner starts program jobs in their cgroup (this kernel has clone3 into a cgroup)",
+    );
+    // After the closes, nothing is left of the computation's cgroups (they go once their
     // processes have exited).
     let jobs = delegated.join("jobs");
     let left = || {

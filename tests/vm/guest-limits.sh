@@ -119,6 +119,9 @@ run_mode() {
         *"$UNIT.service/jobs/"*) check "$mode" program_in_job_cgroup 0 ;;
         *) check "$mode" program_in_job_cgroup 1 "the program's sleeps ran in $cgs" ;;
     esac
+    # ... born there: the spawner starts it with clone3(CLONE_INTO_CGROUP) (Linux >= 5.7)
+    ! journalctl -u $UNIT --no-pager -o cat | grep -q 'CLONE_INTO_CGROUP) unavailable'
+    check "$mode" program_born_in_cgroup $? "the spawner fell back to joining after the fork"
     client "$mode" probe_identity
     local uid capeff nnp
     uid=$(info job_Uid) capeff=$(info job_CapEff) nnp=$(info job_NoNewPrivs)
