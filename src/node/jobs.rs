@@ -22,17 +22,17 @@ use crate::protocol::message::{self, status, Job, JobReply, Output, PICKLED_NONE
 use crate::protocol::pickle::{self, Value};
 use crate::results::SavedResult;
 use crate::sandbox::cgroup::ComputationCgroup;
-use crate::sandbox::JobCgroup;
+use crate::sandbox::{CgroupError, JobCgroup};
 use crate::store::{self, Dir};
 
 /// Moves `pid` into `cg`, off the runtime thread: a migration write waits for an RCU grace
 /// period (about 8 ms on the benchmark's machine) when no migration happened in the last few
 /// ms, and the whole daemon would stall meanwhile.
-async fn place(cg: &JobCgroup, pid: i32) -> Result<(), String> {
+async fn place(cg: &JobCgroup, pid: i32) -> Result<(), CgroupError> {
     let cg = cg.clone();
-    tokio::task::spawn_blocking(move || cg.add_process(pid).map_err(|e| e.to_string()))
+    tokio::task::spawn_blocking(move || cg.add_process(pid))
         .await
-        .unwrap_or_else(|e| Err(e.to_string()))
+        .unwrap_or_else(|e| Err(CgroupError::Task(e.to_string())))
 }
 
 /// How a job ended, before it becomes a `_JobReply`.
@@ -111,15 +111,16 @@ impl Node {
                     if comp_cg.is_none() {
                         continue;
                     }
-                    let ours = worker_pid.is_some_and(|w| leftovers::descends_from(pid, w));
-                    // A spare placed ahead brings its cgroup, if the process really is in it
-                    // (a pid of a spare that died meanwhile may have been reused).
+                    // A spare placed ahead was checked to be the worker's when it was
+                    // announced. It keeps its cgroup if it is in it, or if it has exited
+                    // already (a quick job ran there and ended before this event was read);
+                    // a live process elsewhere (the spare died, its pid was reused) does not.
                     let ahead = match spares.remove(&pid) {
                         Some(placed) => placed.await.ok().flatten(),
                         None => None,
                     };
                     let ahead = match ahead {
-                        Some(cg) if ours && cg.holds(pid) => Some(cg),
+                        Some(cg) if cg.holds_or_exited(pid) => Some(cg),
                         Some(cg) => {
                             super::spawning::retire_cgroup(cg);
                             None
@@ -129,18 +130,31 @@ impl Node {
                     let leaf = match ahead {
                         Some(cg) => Some(cg),
                         // Else a held child: place it now, then release it to run user code.
-                        None if ours => match self.leaf_cgroup(comp_cg.as_ref(), &format!("f{id}"))
-                        {
-                            Some(cg) => match place(&cg, pid).await {
-                                Ok(()) => Some(cg),
-                                Err(e) => {
-                                    tracing::warn!(job = id, error = %e, "could not move the job into its cgroup");
-                                    super::spawning::retire_cgroup(cg);
-                                    None
-                                }
-                            },
-                            None => None,
-                        },
+                        None if worker_pid.is_some_and(|w| leftovers::descends_from(pid, w)) => {
+                            match self.leaf_cgroup(comp_cg.as_ref(), &format!("f{id}")) {
+                                Some(cg) => match place(&cg, pid).await {
+                                    Ok(()) => Some(cg),
+                                    Err(e) => {
+                                        if e.is_no_such_process() {
+                                            tracing::debug!(job = id, pid, "the job's process exited before it could be placed");
+                                        } else {
+                                            tracing::warn!(job = id, error = %e, "could not move the job into its cgroup");
+                                        }
+                                        super::spawning::retire_cgroup(cg);
+                                        None
+                                    }
+                                },
+                                None => None,
+                            }
+                        }
+                        None if !leftovers::process_exists(pid) => {
+                            tracing::debug!(
+                                job = id,
+                                pid,
+                                "the job's process exited before its start was read"
+                            );
+                            None
+                        }
                         None => {
                             tracing::warn!(
                                 job = id,

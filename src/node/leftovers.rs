@@ -82,6 +82,11 @@ fn stat_field(pid: i32, n: usize) -> Option<u64> {
     rest.split_whitespace().nth(n)?.parse().ok()
 }
 
+/// Whether a process `pid` exists (a zombie not yet reaped counts).
+pub fn process_exists(pid: i32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
 /// Whether `pid` is a child or grandchild of `ancestor` (a Python worker forks its jobs
 /// itself or through its zygote). Pids that a worker reports come from a stream job code can
 /// write to: the daemon signals or records one only after this check.

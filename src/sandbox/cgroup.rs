@@ -53,6 +53,16 @@ pub enum CgroupError {
     Migrate { path: PathBuf, remaining: usize },
     #[error("{path} still has processes after killing them")]
     Busy { path: PathBuf },
+    /// The blocking task that did the cgroupfs I/O did not finish (it panicked).
+    #[error("cgroup task failed: {0}")]
+    Task(String),
+}
+
+impl CgroupError {
+    /// A move of a process that no longer exists (ESRCH): it exited first.
+    pub fn is_no_such_process(&self) -> bool {
+        matches!(self, CgroupError::Io { source, .. } if source.raw_os_error() == Some(libc::ESRCH))
+    }
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> CgroupError + 'a {
@@ -416,6 +426,14 @@ impl JobCgroup {
         fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|t| self.holds_in(&t))
     }
 
+    /// Whether process `pid` is in this cgroup, or has exited (reaped: no `/proc/<pid>`).
+    pub fn holds_or_exited(&self, pid: i32) -> bool {
+        match fs::read_to_string(format!("/proc/{pid}/cgroup")) {
+            Ok(t) => self.holds_in(&t),
+            Err(e) => e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH),
+        }
+    }
+
     /// Whether the `/proc/<pid>/cgroup` text `proc_cgroup` names this cgroup.
     pub fn holds_in(&self, proc_cgroup: &str) -> bool {
         own_cgroup(proc_cgroup)
@@ -726,6 +744,17 @@ mod tests {
     fn parses_own_cgroup() {
         assert_eq!(own_cgroup(&proc_cgroup(OWN)), Some(OWN));
         assert_eq!(own_cgroup("3:cpu:/\n2:memory:/x\n"), None);
+    }
+
+    #[test]
+    fn a_live_process_elsewhere_is_not_held_an_exited_one_is() {
+        let cg = JobCgroup {
+            path: PathBuf::from("/sys/fs/cgroup/nowhere/jobs/c1/s3"),
+            ops: FsOps::KERNEL,
+        };
+        assert!(!cg.holds_or_exited(std::process::id() as i32));
+        // Above any pid_max (2^22): no such process.
+        assert!(cg.holds_or_exited(i32::MAX));
     }
 
     #[test]
