@@ -358,12 +358,17 @@ fn write_file(path: &Path, value: &str) -> Result<(), CgroupError> {
         .map_err(io_err("write", path))
 }
 
-/// Writes `value` to `path` if the file exists (its controller is enabled).
+/// Writes `value` to `path` if the file exists (its controller is enabled): one open, no
+/// separate lookup first (each walks the whole cgroupfs path).
 fn write_if_present(path: &Path, value: &str) -> Result<bool, CgroupError> {
-    if !path.exists() {
-        return Ok(false);
-    }
-    write_file(path, value).map(|()| true)
+    let mut f = match OpenOptions::new().append(true).open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(io_err("open", path)(e)),
+    };
+    f.write_all(format!("{value}\n").as_bytes())
+        .map(|()| true)
+        .map_err(io_err("write", path))
 }
 
 fn read_pids(path: &Path) -> Result<Vec<i32>, CgroupError> {
