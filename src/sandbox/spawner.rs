@@ -774,7 +774,10 @@ mod tests {
         };
         let name = format!("dispynode-unit-{}", std::process::id());
         let dir = mount.join(&name);
-        std::fs::create_dir(&dir).expect("mkdir in the cgroup2 mount");
+        if let Err(e) = std::fs::create_dir(&dir) {
+            eprintln!("SKIP: cannot make a cgroup in {}: {e}", mount.display());
+            return;
+        }
         let mut forker = Forker::new();
         let (born_there, seen) = fork_and_look(&mut forker, Some(&dir));
         let _ = std::fs::remove_dir(&dir);
