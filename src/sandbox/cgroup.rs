@@ -426,11 +426,6 @@ impl JobCgroup {
         &self.path
     }
 
-    /// Whether process `pid` is in this cgroup now (its `/proc/<pid>/cgroup`).
-    pub fn holds(&self, pid: i32) -> bool {
-        fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|t| self.holds_in(&t))
-    }
-
     /// Whether process `pid` is in this cgroup, or has exited (reaped: no `/proc/<pid>`).
     pub fn holds_or_exited(&self, pid: i32) -> bool {
         match fs::read_to_string(format!("/proc/{pid}/cgroup")) {
