@@ -5,6 +5,7 @@ client workloads (client.py) run with a hard timeout and a wedge detector.
 Standard library only.  Nothing waits without a bound.
 """
 
+import glob
 import json
 import os
 import platform
@@ -466,6 +467,49 @@ class Node:
         if self.base:
             shutil.rmtree(self.base, ignore_errors=True)
             self.base = None
+
+
+# ---------------------------------------------------------------- delegated cgroups
+
+# Our node as the package runs it (systemd's Delegate=yes: a cgroup of its own per job), on a
+# host where that is not how it was booted: "$@" runs in a new mount namespace whose
+# /sys/fs/cgroup is the cgroup2 mount, in a cgroup of its own below that mount's root
+# (dispynode-bench-<pid>, the node's pid: the shell execs it; cleanup_delegated() removes it
+# once the node is gone). Needs root and a cgroup2 mount.
+DELEGATED_WRAP = ['unshare', '-m', '--propagation', 'private', 'bash', '-c', r'''
+set -e
+v2=$(findmnt -n -t cgroup2 -o TARGET | head -1)
+[ -n "$v2" ] || { echo "no cgroup2 mount" >&2; exit 1; }
+[ "$v2" = /sys/fs/cgroup ] || mount --bind "$v2" /sys/fs/cgroup
+cg=/sys/fs/cgroup/dispynode-bench-$$
+mkdir "$cg"
+echo $$ > "$cg/cgroup.procs"
+exec "$@"
+''', 'bash']
+
+
+def cgroup2_root():
+    out = subprocess.run(['findmnt', '-n', '-t', 'cgroup2', '-o', 'TARGET'], capture_output=True,
+                         text=True, timeout=30).stdout.split()
+    return out[0] if out else None
+
+
+def delegated_cgroup(node_pid):
+    """The cgroup a node started with DELEGATED_WRAP took as delegated."""
+    return os.path.join(cgroup2_root() or '/nonexistent', 'dispynode-bench-%d' % node_pid)
+
+
+def job_cgroups_left(node_pid):
+    """Cgroups below the delegated node's jobs/ (computations and their jobs' leaves)."""
+    jobs = os.path.join(delegated_cgroup(node_pid), 'jobs')
+    return [os.path.relpath(d, jobs) for d, _, _ in os.walk(jobs)][1:]
+
+
+def cleanup_delegated():
+    root = cgroup2_root()
+    for cg in glob.glob(os.path.join(root or '/nonexistent', 'dispynode-bench-*')):
+        subprocess.run(['find', cg, '-depth', '-type', 'd', '-exec', 'rmdir', '{}', ';'],
+                       timeout=60, stderr=subprocess.DEVNULL)
 
 
 # ---------------------------------------------------------------- clients

@@ -23,7 +23,6 @@ reference run that wedges (no result) is counted, and run again on a fresh node 
 """
 
 import argparse
-import glob
 import json
 import os
 import statistics
@@ -35,18 +34,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import benchlib  # noqa: E402
 from benchlib import log  # noqa: E402
 
-# Runs "$@" in a new mount namespace whose /sys/fs/cgroup is the cgroup2 mount, in a cgroup of
-# its own below that mount's root (removed by cleanup() once the node is gone).
-WRAP = r'''
-set -e
-v2=$(findmnt -n -t cgroup2 -o TARGET | head -1)
-[ -n "$v2" ] || { echo "no cgroup2 mount" >&2; exit 1; }
-[ "$v2" = /sys/fs/cgroup ] || mount --bind "$v2" /sys/fs/cgroup
-cg=/sys/fs/cgroup/dispynode-bench-$$
-mkdir "$cg"
-echo $$ > "$cg/cgroup.procs"
-exec "$@"
-'''
 
 SPORADIC = r'''
 import json, os, statistics, sys, time
@@ -77,19 +64,6 @@ for i in range(n):
 c.close()
 print('RESULT ' + json.dumps({'median_ms': statistics.median(lat), 'wrong': wrong}))
 '''
-
-
-def cgroup2_root():
-    out = subprocess.run(['findmnt', '-n', '-t', 'cgroup2', '-o', 'TARGET'], capture_output=True,
-                         text=True, timeout=30).stdout.split()
-    return out[0] if out else None
-
-
-def cleanup():
-    root = cgroup2_root()
-    for cg in glob.glob(os.path.join(root or '/nonexistent', 'dispynode-bench-*')):
-        subprocess.run(['find', cg, '-depth', '-type', 'd', '-exec', 'rmdir', '{}', ';'],
-                       timeout=60, stderr=subprocess.DEVNULL)
 
 
 class ClientFailed(RuntimeError):
@@ -125,9 +99,9 @@ def main():
     ap.add_argument('--rounds', type=int, default=4)
     ap.add_argument('--out', default=os.path.join(benchlib.HERE, 'results', 'delegation.json'))
     args = ap.parse_args()
-    if os.geteuid() != 0 or not cgroup2_root():
+    if os.geteuid() != 0 or not benchlib.cgroup2_root():
         sys.exit('delegation.py needs root and a cgroup2 mount')
-    wrap = ['unshare', '-m', '--propagation', 'private', 'bash', '-c', WRAP, 'bash']
+    wrap = benchlib.DELEGATED_WRAP
     configs = {'deleg': (args.node_bin, wrap), 'plain': (args.node_bin, [])}
     if args.base_bin:
         configs = {'base-deleg': (args.base_bin, wrap), **configs}
@@ -184,7 +158,7 @@ def main():
                     node.stop()
                 log('round %d %-10s %s' % (rnd, name, ', '.join('%s %.2f' % (k, v[-1]) for k, v in res[name].items() if v)))
     finally:
-        cleanup()
+        benchlib.cleanup_delegated()
     summary = {name: {k: statistics.median(v) if v else None for k, v in r.items()}
                for name, r in res.items()}
     doc = {'summary': summary, 'runs': res, 'wrong_or_lost': wrong, 'wedged_retried': wedged, 'rounds': args.rounds, 'node_bin': args.node_bin,
