@@ -208,6 +208,14 @@ impl Worker {
     }
 }
 
+/// The `pid` of a worker event, if it is one.
+fn pid_in(header: &Json) -> Option<i32> {
+    header
+        .get("pid")
+        .and_then(Json::as_i64)
+        .and_then(|p| i32::try_from(p).ok())
+}
+
 async fn read_events(
     stdout: ChildStdout,
     pending: Arc<Mutex<Option<oneshot::Sender<ControlReply>>>>,
@@ -239,10 +247,7 @@ async fn read_events(
             }
             "started" => {
                 let id = header.get("id").and_then(Json::as_u64);
-                let pid = header
-                    .get("pid")
-                    .and_then(Json::as_i64)
-                    .and_then(|p| i32::try_from(p).ok());
+                let pid = pid_in(&header);
                 // Not stated (never from this worker): held, so a `release` is always sent.
                 let held = header.get("held").and_then(Json::as_bool).unwrap_or(true);
                 if let (Some(id), Some(pid)) = (id, pid) {
@@ -250,11 +255,7 @@ async fn read_events(
                 }
             }
             "spare" => {
-                let pid = header
-                    .get("pid")
-                    .and_then(Json::as_i64)
-                    .and_then(|p| i32::try_from(p).ok());
-                if let Some(pid) = pid {
+                if let Some(pid) = pid_in(&header) {
                     let _ = events.send(JobEvent::Spare { pid });
                 }
             }
