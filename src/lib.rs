@@ -1,6 +1,7 @@
 //! dispynode: a wire-compatible, hardened node server for dispy clients.
 pub mod assets;
 pub mod config;
+pub mod kernel_files;
 pub mod limits;
 pub mod net;
 pub mod node;

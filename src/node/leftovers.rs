@@ -15,6 +15,8 @@ use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 use thiserror::Error;
 
+use crate::kernel_files;
+
 #[derive(Debug, Error)]
 pub enum LeftoverError {
     #[error("another dispynode (pid {pid}) is using the state directory {dir}")]
@@ -76,7 +78,7 @@ pub fn start_time(pid: i32) -> Option<u64> {
 
 /// Field `n` (0 = state) after the command name of `/proc/<pid>/stat`.
 fn stat_field(pid: i32, n: usize) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let stat = kernel_files::read(Path::new(&format!("/proc/{pid}/stat"))).ok()?;
     // The command name (field 2) may contain spaces and parentheses: skip past the last ')'.
     let rest = &stat[stat.rfind(')')? + 1..];
     rest.split_whitespace().nth(n)?.parse().ok()

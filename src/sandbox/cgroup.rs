@@ -22,9 +22,11 @@
 
 use std::collections::BTreeSet;
 use std::fs::{self, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use crate::kernel_files;
 
 use thiserror::Error;
 
@@ -335,7 +337,7 @@ fn check_name(name: &str) -> Result<(), CgroupError> {
 }
 
 fn read_controllers(path: &Path) -> io::Result<BTreeSet<String>> {
-    Ok(fs::read_to_string(path)?
+    Ok(kernel_files::read(path)?
         .split_whitespace()
         .map(str::to_owned)
         .collect())
@@ -350,29 +352,21 @@ fn enable_controllers(dir: &Path, controllers: &[&str]) -> Result<(), CgroupErro
 }
 
 fn write_file(path: &Path, value: &str) -> Result<(), CgroupError> {
-    let mut f = OpenOptions::new()
-        .append(true)
-        .open(path)
-        .map_err(io_err("open", path))?;
-    f.write_all(format!("{value}\n").as_bytes())
-        .map_err(io_err("write", path))
+    kernel_files::write(path, format!("{value}\n").as_bytes()).map_err(io_err("write", path))
 }
 
 /// Writes `value` to `path` if the file exists (its controller is enabled): one open, no
 /// separate lookup first (each walks the whole cgroupfs path).
 fn write_if_present(path: &Path, value: &str) -> Result<bool, CgroupError> {
-    let mut f = match OpenOptions::new().append(true).open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(io_err("open", path)(e)),
-    };
-    f.write_all(format!("{value}\n").as_bytes())
-        .map(|()| true)
-        .map_err(io_err("write", path))
+    match kernel_files::write(path, format!("{value}\n").as_bytes()) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(io_err("write", path)(e)),
+    }
 }
 
 fn read_pids(path: &Path) -> Result<Vec<i32>, CgroupError> {
-    let text = fs::read_to_string(path).map_err(io_err("read", path))?;
+    let text = kernel_files::read(path).map_err(io_err("read", path))?;
     Ok(text
         .split_whitespace()
         .filter_map(|p| p.parse().ok())
@@ -428,7 +422,7 @@ impl JobCgroup {
 
     /// Whether process `pid` is in this cgroup, or has exited (reaped: no `/proc/<pid>`).
     pub fn holds_or_exited(&self, pid: i32) -> bool {
-        match fs::read_to_string(format!("/proc/{pid}/cgroup")) {
+        match kernel_files::read(Path::new(&format!("/proc/{pid}/cgroup"))) {
             Ok(t) => self.holds_in(&t),
             Err(e) => e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH),
         }
@@ -489,7 +483,7 @@ impl JobCgroup {
     /// Whether any process lives in this cgroup or below (`cgroup.events` `populated`).
     pub fn is_populated(&self) -> Result<bool, CgroupError> {
         let p = self.path.join("cgroup.events");
-        let text = fs::read_to_string(&p).map_err(io_err("read", &p))?;
+        let text = kernel_files::read(&p).map_err(io_err("read", &p))?;
         Ok(keyed(&text, "populated").unwrap_or(0) != 0)
     }
 
@@ -556,7 +550,7 @@ impl JobCgroup {
 
     /// The counters of `memory.events` and `pids.events` (zero where the controller is off).
     pub fn events(&self) -> CgroupEvents {
-        let read = |f: &str| fs::read_to_string(self.path.join(f)).unwrap_or_default();
+        let read = |f: &str| kernel_files::read(&self.path.join(f)).unwrap_or_default();
         let mem = read("memory.events");
         let pids = read("pids.events");
         CgroupEvents {
@@ -570,6 +564,12 @@ impl JobCgroup {
     /// EBUSY while processes are still leaving, so it is retried briefly (≤ ~1 s): kill first.
     /// Blocking: from async code, call it in `spawn_blocking`.
     pub fn remove(&self) -> Result<(), CgroupError> {
+        // Most often an empty leaf whose processes are gone: one rmdir, no listing.
+        match (self.ops.rmdir)(&self.path) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(_) => {}
+        }
         for dir in self.tree().iter().rev() {
             let mut delay = Duration::from_millis(5);
             let mut tries = 0;
@@ -722,6 +722,7 @@ pub mod fake {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     const OWN: &str = "/system.slice/dispynode.service";
 
