@@ -43,7 +43,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import benchlib  # noqa: E402
 
 WORKER = os.path.join(benchlib.REPO, 'runner', 'dispynode_job.py')
-# The worker is started as the daemon starts it: `-c BOOT SOURCE` (src/node/worker.rs).
+# The worker is started as the daemon starts it: `-c BOOT`, the source first on its stdin
+# (src/node/worker.rs).
 with open(os.path.join(benchlib.REPO, 'runner', 'dispynode_boot.py')) as _fd:
     BOOT = _fd.read()
 _LEN = struct.Struct('>L')
@@ -111,8 +112,10 @@ def variants(src):
 
 class Drv:
     def __init__(self, python, src, cwd):
-        self.p = subprocess.Popen([python, '-c', BOOT, src], cwd=cwd, stdin=subprocess.PIPE,
+        self.p = subprocess.Popen([python, '-c', BOOT], cwd=cwd, stdin=subprocess.PIPE,
                                   stdout=subprocess.PIPE, stderr=open(os.path.join(cwd, 'worker.err'), 'wb'))
+        data = src.encode('utf-8')
+        self.p.stdin.write(_LEN.pack(len(data)) + data)
         self.buf = b''
 
     def send(self, header, blob=b''):

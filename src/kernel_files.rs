@@ -60,12 +60,24 @@ mod tests {
     #[test]
     fn reads_procfs_and_regular_files_whole() {
         let stat = read(Path::new("/proc/self/stat")).unwrap();
-        assert!(stat.starts_with(&format!("{} (", std::process::id())), "{stat}");
+        assert!(
+            stat.starts_with(&format!("{} (", std::process::id())),
+            "{stat}"
+        );
         assert!(stat.ends_with('\n'));
         let tmp = tempfile::tempdir().unwrap();
-        for size in [0, 1, FIRST_READ - 1, FIRST_READ, FIRST_READ + 1, 3 * FIRST_READ + 7] {
+        for size in [
+            0,
+            1,
+            FIRST_READ - 1,
+            FIRST_READ,
+            FIRST_READ + 1,
+            3 * FIRST_READ + 7,
+        ] {
             let p = tmp.path().join(format!("f{size}"));
-            let text: String = (0..size).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+            let text: String = (0..size)
+                .map(|i| char::from(b'a' + (i % 26) as u8))
+                .collect();
             std::fs::write(&p, &text).unwrap();
             assert_eq!(read(&p).unwrap(), text, "size {size}");
         }
@@ -76,7 +88,10 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let missing = tmp.path().join("missing");
         assert_eq!(read(&missing).unwrap_err().kind(), io::ErrorKind::NotFound);
-        assert_eq!(write(&missing, b"1").unwrap_err().kind(), io::ErrorKind::NotFound);
+        assert_eq!(
+            write(&missing, b"1").unwrap_err().kind(),
+            io::ErrorKind::NotFound
+        );
         let bad = tmp.path().join("bad");
         std::fs::write(&bad, [0xff, 0xfe]).unwrap();
         assert_eq!(read(&bad).unwrap_err().kind(), io::ErrorKind::InvalidData);

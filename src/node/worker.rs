@@ -21,14 +21,23 @@ const INLINE_BLOB: usize = 64 * 1024;
 /// The worker's source, embedded so the daemon is one self-contained binary.
 pub const WORKER_SOURCE: &str = include_str!("../../runner/dispynode_job.py");
 
-/// What `python3 -c` runs: it compiles `WORKER_SOURCE` (the next argument) in a short-lived
-/// child and runs the result, so the parser's garbage never lands in the heap that every job
-/// process is forked from (runner/dispynode_boot.py says what that costs).
+/// What `python3 -c` runs: it reads `WORKER_SOURCE` from stdin ([`source_preamble`]),
+/// compiles it in a short-lived child and runs the result, so the parser's garbage never lands
+/// in the heap that every job process is forked from (runner/dispynode_boot.py says what that
+/// costs, and why the source is not an argument).
 pub const BOOT_SOURCE: &str = include_str!("../../runner/dispynode_boot.py");
 
 /// The interpreter's arguments that start a worker.
-pub fn worker_args() -> [&'static std::ffi::OsStr; 3] {
-    ["-c".as_ref(), BOOT_SOURCE.as_ref(), WORKER_SOURCE.as_ref()]
+pub fn worker_args() -> [&'static std::ffi::OsStr; 2] {
+    ["-c".as_ref(), BOOT_SOURCE.as_ref()]
+}
+
+/// What the worker reads first on stdin, before any message: `u32 BE length | source`.
+pub fn source_preamble() -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + WORKER_SOURCE.len());
+    out.extend_from_slice(&(WORKER_SOURCE.len() as u32).to_be_bytes());
+    out.extend_from_slice(WORKER_SOURCE.as_bytes());
+    out
 }
 
 #[derive(Debug, Error)]
@@ -72,7 +81,7 @@ pub struct ControlReply {
 }
 
 pub struct Worker {
-    stdin: tokio::sync::Mutex<ChildStdin>,
+    stdin: Arc<tokio::sync::Mutex<ChildStdin>>,
     /// One outstanding control op at a time; its reply is routed here by the reader.
     control: tokio::sync::Mutex<()>,
     pending: Arc<Mutex<Option<oneshot::Sender<ControlReply>>>>,
@@ -100,8 +109,19 @@ impl Worker {
         let stdin = child.stdin.take().ok_or(WorkerError::Gone)?;
         let stdout = child.stdout.take().ok_or(WorkerError::Gone)?;
         let pending: Arc<Mutex<Option<oneshot::Sender<ControlReply>>>> = Arc::default();
+        let stdin = Arc::new(tokio::sync::Mutex::new(stdin));
+        // The source goes first: every message waits for this lock, taken here.
+        let mut first = stdin
+            .clone()
+            .try_lock_owned()
+            .map_err(|_| WorkerError::Gone)?;
+        tokio::spawn(async move {
+            // A failed write means the worker is gone, which the next send reports.
+            let _ = first.write_all(&source_preamble()).await;
+            let _ = first.flush().await;
+        });
         let w = Arc::new(Worker {
-            stdin: tokio::sync::Mutex::new(stdin),
+            stdin,
             control: tokio::sync::Mutex::new(()),
             pending: pending.clone(),
             pid: child.id(),

@@ -220,17 +220,26 @@ def pickle_as_main(obj):
         Point.__module__ = saved
 
 
+def source_preamble(source):
+    """What the daemon writes to a booted worker's stdin before any message."""
+    data = source.encode('utf-8')
+    return LEN.pack(len(data)) + data
+
+
 class WorkerProcess:
     """One worker, spoken to as the daemon does.  A reader thread drains its
     stdout so that big results never block it."""
 
     def __init__(self, as_script=False, command=None):
+        booted = command is None and not as_script
         if command is None:  # as the daemon starts it (src/node/worker.rs, worker_args)
-            command = [WORKER_PATH] if as_script else ['-c', BOOT_SOURCE, WORKER_SOURCE]
+            command = [WORKER_PATH] if as_script else ['-c', BOOT_SOURCE]
         self.stderr = tempfile.TemporaryFile()
         self.proc = subprocess.Popen([sys.executable] + command,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self.stderr)
+        if booted:  # the boot reads the source first (source_preamble)
+            self.proc.stdin.write(source_preamble(WORKER_SOURCE))
         self.messages = queue.Queue()
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
@@ -712,8 +721,10 @@ class JobTests(WorkerTestCase):
                         kib += int(fields[1])
             return kib
 
-        booted = self.ready(code='import sys\ndef compute(kind):\n    return sys.argv\n')
-        self.assertEqual(booted.run_job('argv')[1], ['-c'])
+        booted = self.ready(code='import sys\ndef compute(kind):\n'
+                                 '    return sys.argv, max(map(len, sys.orig_argv))\n')
+        # The source came on stdin: no copy of it among the interpreter's arguments.
+        self.assertEqual(booted.run_job('argv')[1], (['-c'], len(BOOT_SOURCE)))
         direct = WorkerProcess(command=['-c', WORKER_SOURCE])
         self.addCleanup(direct.stderr.close)
         self.addCleanup(direct.stop)
@@ -722,10 +733,18 @@ class JobTests(WorkerTestCase):
         self.assertLess(heap_kib(booted) + 1024, heap_kib(direct))
 
     def test_boot_reports_a_source_that_does_not_compile(self):
-        proc = subprocess.run([sys.executable, '-c', BOOT_SOURCE, 'def broken(:\n'],
-                              capture_output=True, text=True, timeout=30)
+        proc = subprocess.run([sys.executable, '-c', BOOT_SOURCE],
+                              input=source_preamble('def broken(:\n'),
+                              capture_output=True, timeout=30)
         self.assertNotEqual(proc.returncode, 0)
-        self.assertIn('SyntaxError', proc.stderr)
+        self.assertIn(b'SyntaxError', proc.stderr)
+
+    def test_boot_says_when_stdin_ends_before_the_source(self):
+        for stdin in (b'', LEN.pack(100) + b'x = 1\n'):
+            proc = subprocess.run([sys.executable, '-c', BOOT_SOURCE], input=stdin,
+                                  capture_output=True, timeout=30)
+            self.assertEqual(proc.returncode, 1)
+            self.assertIn(b'stdin ended before the worker source', proc.stderr)
 
     def test_output_is_valid_utf8(self):
         worker = self.ready()
