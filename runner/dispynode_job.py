@@ -3,12 +3,12 @@
 The Rust daemon never unpickles client data, so everything that has to run
 user Python (the computation's code, ``setup``, ``cleanup`` and the jobs) lives
 here.  The daemon starts one worker per *function* computation, as
-``python3 -c <runner/dispynode_boot.py> <this source>`` (the boot compiles this
-source in a short-lived child, to keep the parser's garbage out of the heap
+``python3 -c <runner/dispynode_boot.py>`` with this source first on its stdin (the boot
+compiles it in a short-lived child, to keep the parser's garbage out of the heap
 every job process is forked from; ``__file__`` is not available), and drives it
 through a private message stream:
 
-* daemon -> worker on the worker's stdin, worker -> daemon on its stdout;
+* daemon -> worker on the worker's stdin (after the source), worker -> daemon on its stdout;
 * every message is ``u32 BE header_len | UTF-8 JSON object | u32 BE blob_len | blob``.
 
 The worker compiles the code on ``init``, execs it and runs ``setup`` on
