@@ -26,9 +26,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::kernel_files;
-
 use thiserror::Error;
+
+use crate::kernel_files;
 
 /// The controllers we enable when they are available.
 pub const WANTED_CONTROLLERS: &[&str] = &["cpu", "memory", "pids"];
