@@ -21,10 +21,22 @@ fn open(path: &Path, flags: OFlag) -> io::Result<File> {
     Ok(unsafe { File::from_raw_fd(fd) })
 }
 
-/// The whole text of a small file. A read that returns less than it was offered ends it:
-/// procfs and cgroupfs files hand over their whole text on a read with room for it (seq_file),
-/// and a short read of a regular file is its end.
+/// The whole text of a small file made in one piece: a read that returns less than it was
+/// offered ends it. That holds for the procfs files made by one `show` (`/proc/<pid>/stat`,
+/// `/proc/<pid>/cgroup`: seq_file hands over the whole text on a read with room for it), for
+/// cgroupfs's one-value files (`*.events`, `cgroup.controllers`) and for regular files. Not for
+/// files of one record per item, such as `cgroup.procs`, which a read may end between two
+/// records: [`read_to_end`].
 pub fn read(path: &Path) -> io::Result<String> {
+    read_until(path, true)
+}
+
+/// The whole text of a file, read until a read returns nothing.
+pub fn read_to_end(path: &Path) -> io::Result<String> {
+    read_until(path, false)
+}
+
+fn read_until(path: &Path, short_read_ends: bool) -> io::Result<String> {
     let mut f = open(path, OFlag::O_RDONLY)?;
     let mut buf = vec![0u8; FIRST_READ];
     let mut len = 0;
@@ -39,7 +51,7 @@ pub fn read(path: &Path) -> io::Result<String> {
             Err(e) => return Err(e),
         };
         len += n;
-        if n == 0 || n < offered {
+        if n == 0 || (short_read_ends && n < offered) {
             break;
         }
     }
@@ -80,7 +92,31 @@ mod tests {
                 .collect();
             std::fs::write(&p, &text).unwrap();
             assert_eq!(read(&p).unwrap(), text, "size {size}");
+            assert_eq!(read_to_end(&p).unwrap(), text, "size {size}");
         }
+    }
+
+    #[test]
+    fn a_file_handed_over_in_pieces_is_read_to_its_end() {
+        // A FIFO whose writer writes in pieces returns short reads before its end, as a
+        // file of many records (cgroup.procs) may.
+        let tmp = tempfile::tempdir().unwrap();
+        let fifo = tmp.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, Mode::from_bits_truncate(0o600)).unwrap();
+        let writer = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || {
+                let mut f = std::fs::OpenOptions::new().write(true).open(fifo).unwrap();
+                for piece in 0..3u8 {
+                    f.write_all(&[b'a' + piece; 3000]).unwrap();
+                    std::thread::sleep(std::time::Duration::from_millis(30));
+                }
+            })
+        };
+        let text = read_to_end(&fifo).unwrap();
+        writer.join().unwrap();
+        assert_eq!(text.len(), 9000);
+        assert!(text.starts_with('a') && text.ends_with('c'));
     }
 
     #[test]

@@ -366,7 +366,7 @@ fn write_if_present(path: &Path, value: &str) -> Result<bool, CgroupError> {
 }
 
 fn read_pids(path: &Path) -> Result<Vec<i32>, CgroupError> {
-    let text = kernel_files::read(path).map_err(io_err("read", path))?;
+    let text = kernel_files::read_to_end(path).map_err(io_err("read", path))?;
     Ok(text
         .split_whitespace()
         .filter_map(|p| p.parse().ok())
