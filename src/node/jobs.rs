@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -407,8 +408,8 @@ impl Node {
                 let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
             }
         }
-        let out_task = tokio::spawn(read_capped(stdout));
-        let err_task = tokio::spawn(read_capped(stderr));
+        let out_task = tokio::spawn(read_capped(stdout, MAX_PROGRAM_OUTPUT));
+        let err_task = tokio::spawn(read_capped(stderr, MAX_PROGRAM_OUTPUT));
         let status = exit.wait().await;
         if let Some(pid) = pid {
             self.procs.remove(pid);
@@ -987,14 +988,12 @@ async fn start_spawned(
     spec: crate::sandbox::JailSpec,
     argv: &[String],
 ) -> Result<ProgramProcess, crate::sandbox::SpawnerError> {
-    use nix::fcntl::OFlag;
-    use tokio::net::unix::pipe;
-    let (out_r, out_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(std::io::Error::from)?;
-    let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(std::io::Error::from)?;
+    let (out_r, out_w) = output_pipe()?;
+    let (err_r, err_w) = output_pipe()?;
     // Everything that can fail on our side first: after `spawn` the program runs, and an
     // error here would have the caller start it a second time through the helper.
-    let stdout = pipe::Receiver::from_owned_fd(out_r)?;
-    let stderr = pipe::Receiver::from_owned_fd(err_r)?;
+    let stdout = tokio::net::unix::pipe::Receiver::from_owned_fd_unchecked(out_r)?;
+    let stderr = tokio::net::unix::pipe::Receiver::from_owned_fd_unchecked(err_r)?;
     let spawned = sp.spawn(spec, &argv[0], &argv[1..], out_w, err_w).await?;
     Ok(ProgramProcess {
         pid: Some(spawned.pid),
@@ -1004,18 +1003,39 @@ async fn start_spawned(
     })
 }
 
-async fn read_capped<R: tokio::io::AsyncRead + Unpin>(r: Option<R>) -> Vec<u8> {
+/// A pipe for a program's output: our read end non-blocking (for tokio), the program's
+/// write end blocking, as programs expect. Made here rather than checked by tokio's
+/// `from_owned_fd`, which asks the kernel three more times per pipe.
+fn output_pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    use std::os::fd::AsRawFd;
+    let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+    fcntl(r.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
+    Ok((r, w))
+}
+
+/// A program's output on one stream to its end, the first `cap` bytes kept (the rest is read
+/// and dropped, so the program never blocks on a full pipe). Read straight into the kept
+/// bytes, grown as output comes: most programs write a line or two, and a fixed 64 KiB
+/// buffer per stream and job was mapped and unmapped by musl's allocator every time.
+async fn read_capped<R: tokio::io::AsyncRead + Unpin>(r: Option<R>, cap: usize) -> Vec<u8> {
     use tokio::io::AsyncReadExt;
     let mut kept = Vec::new();
     let Some(mut r) = r else { return kept };
-    let mut buf = vec![0u8; 64 * 1024];
+    let mut dropped = Vec::new();
     loop {
-        match r.read(&mut buf).await {
-            Ok(0) | Err(_) => return kept,
-            Ok(n) => {
-                let room = MAX_PROGRAM_OUTPUT.saturating_sub(kept.len());
-                kept.extend_from_slice(&buf[..n.min(room)]);
+        let room = cap - kept.len();
+        let read = if room == 0 {
+            dropped.resize(64 * 1024, 0);
+            r.read(&mut dropped).await
+        } else {
+            if kept.len() == kept.capacity() {
+                kept.reserve_exact(kept.len().clamp(512, 1 << 20).min(room));
             }
+            (&mut r).take(room as u64).read_buf(&mut kept).await
+        };
+        if matches!(read, Ok(0) | Err(_)) {
+            return kept;
         }
     }
 }
@@ -1045,5 +1065,61 @@ fn remove_files(dir: &std::path::Path, files: &[PathBuf]) {
         if let Ok(d) = root.subdir(&comps, None) {
             let _ = d.unlink(&name);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::read_capped;
+    use tokio::io::AsyncWriteExt;
+
+    /// `len` bytes of a pattern that shows any loss or reordering, written in pieces through a
+    /// small pipe (as a program's output comes), read by `read_capped` with `cap`.
+    async fn through_pipe(len: usize, cap: usize) -> (Vec<u8>, Vec<u8>) {
+        let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        let (mut w, r) = tokio::io::duplex(1000);
+        let sent = data.clone();
+        let writer = tokio::spawn(async move {
+            for piece in sent.chunks(777) {
+                w.write_all(piece).await.unwrap();
+            }
+        });
+        let kept = read_capped(Some(r), cap).await;
+        writer.await.unwrap(); // the writer got rid of everything: nothing blocks it
+        (data, kept)
+    }
+
+    #[tokio::test]
+    async fn output_under_the_cap_is_kept_whole_and_in_order() {
+        let (data, kept) = through_pipe(300_000, 1 << 20).await;
+        assert_eq!(kept, data);
+        let (data, kept) = through_pipe(5, 1 << 20).await;
+        assert_eq!(kept, data);
+    }
+
+    #[tokio::test]
+    async fn output_over_the_cap_keeps_its_start_and_is_read_to_its_end() {
+        let (data, kept) = through_pipe(200_000, 70_000).await;
+        assert_eq!(kept, data[..70_000]);
+        let (data, kept) = through_pipe(70_000, 70_000).await;
+        assert_eq!(kept, data);
+    }
+
+    /// Ours for tokio (non-blocking), the program's as programs expect (blocking).
+    #[test]
+    fn output_pipe_blocks_only_on_the_programs_side() {
+        use nix::fcntl::{fcntl, FcntlArg, OFlag};
+        use std::os::fd::AsRawFd;
+        let (r, w) = super::output_pipe().unwrap();
+        let flags = |fd: i32| OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL).unwrap());
+        assert!(flags(r.as_raw_fd()).contains(OFlag::O_NONBLOCK));
+        assert!(!flags(w.as_raw_fd()).contains(OFlag::O_NONBLOCK));
+        let cloexec = |fd: i32| fcntl(fd, FcntlArg::F_GETFD).unwrap() & libc::FD_CLOEXEC != 0;
+        assert!(cloexec(r.as_raw_fd()) && cloexec(w.as_raw_fd()));
+    }
+
+    #[tokio::test]
+    async fn no_stream_no_output() {
+        assert!(read_capped(None::<&[u8]>, 10).await.is_empty());
     }
 }
