@@ -12,7 +12,9 @@ every sample is charged to one role:
     worker   the per-computation Python worker (the daemon's python child)
     jobs     the job processes the worker forks (one per job)
     programs (--workload prog) the daemon's children: its spawner (and the jail helper, if used)
-    program children  (--workload prog) the program jobs the spawner forks
+    program children  (--workload prog) the program jobs the spawner forks, split into
+             "before exec" (the forked copy of the spawner: its jail steps and the execve up
+             to the new image, still under the spawner's comm) and "after exec" (the program)
     client   the dispy client process
     other    everything else on the machine (other users' load: noise)
 
@@ -142,8 +144,14 @@ def classify(events, daemon, client, child_role='worker', grandchild_role='jobs'
         return r
     per = collections.defaultdict(lambda: {'ns': 0, 'kernel_ns': 0, 'markers': collections.Counter(),
                                            'top': collections.Counter(), 'pids': set()})
+    # A forked child keeps its parent's comm until its execve installs the new image: for
+    # program jobs that splits the spawner's fork and jail steps from the program itself.
+    parent_comms = {comm for _, pid, comm, _, _ in samples if role(pid, comm) == child_role}
+    split_exec = child_role == 'programs'
     for _, pid, comm, period, frames in samples:
         r = role(pid, comm)
+        if split_exec and r == grandchild_role:
+            r += ', before exec' if comm in parent_comms else ', after exec'
         d = per[r]
         d['ns'] += period
         d['pids'].add(pid)
