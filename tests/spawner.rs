@@ -254,3 +254,63 @@ async fn when_the_spawner_dies_its_programs_die_and_waiters_learn_it() {
         Err(SpawnerError::Gone)
     ));
 }
+
+/// Most jobs start vfork-style (src/sandbox/vfork.rs); one that switches identity as root
+/// is forked and switched by the jail's own steps. Both ways, side by side in one spawner:
+/// the same jail, the same reporting.
+#[tokio::test]
+async fn both_ways_of_starting_a_job_give_the_same_jail() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIP: switching identity needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let sp = start();
+    let script =
+        "id -u; grep -E '^(CapEff|NoNewPrivs)' /proc/self/status; ls /proc/self/fd | wc -l";
+    let plain = run(&sp, spec(dir.path()), "/bin/sh", &["-c", script]).await;
+    let mut switched = spec(dir.path());
+    switched.allow_root = false;
+    switched.identity = Some(dispynode::sandbox::spawn::Identity {
+        uid: 65534,
+        gid: 65534,
+    });
+    let forked = run(&sp, switched.clone(), "/bin/sh", &["-c", script]).await;
+    assert_eq!(plain.status.code(), Some(0), "{}", plain.stderr);
+    assert_eq!(forked.status.code(), Some(0), "{}", forked.stderr);
+    let rest = |out: &str| out.lines().skip(1).map(str::to_owned).collect::<Vec<_>>();
+    assert_eq!(plain.stdout.lines().next(), Some("0"));
+    assert_eq!(forked.stdout.lines().next(), Some("65534"));
+    assert_eq!(rest(&plain.stdout), rest(&forked.stdout));
+    assert_eq!(
+        rest(&plain.stdout)[..2],
+        ["CapEff:\t0000000000000000", "NoNewPrivs:\t1"]
+    );
+    // A failed step the same way: the line and the status.
+    let missing = dir.path().join("gone");
+    let mut a = spec(&missing);
+    a.env = JailSpec::standard_env(dir.path(), "/usr/bin:/bin");
+    let mut b = switched;
+    b.cwd = missing;
+    let (a, b) = (
+        run(&sp, a, "/bin/true", &[]).await,
+        run(&sp, b, "/bin/true", &[]).await,
+    );
+    assert_eq!(a.status.code(), b.status.code());
+    assert!(describe_exit_code(a.status.code().unwrap()).is_some());
+    assert!(
+        a.stderr.starts_with("dispynode-jail: chdir "),
+        "{}",
+        a.stderr
+    );
+    assert!(
+        b.stderr.starts_with("dispynode-jail: chdir "),
+        "{}",
+        b.stderr
+    );
+}

@@ -22,6 +22,7 @@ pub mod landlock;
 pub mod privilege;
 pub mod spawn;
 pub mod spawner;
+mod vfork;
 
 pub use self::cgroup::{CgroupError, CgroupEvents, CgroupTree, JobCgroup, Limits, Unavailable};
 pub use self::landlock::{probe, LandlockPolicy, LandlockReport};

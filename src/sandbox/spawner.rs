@@ -3,10 +3,12 @@
 //! The jail helper ([`super::spawn`]) costs every program job one more `execve` (our binary)
 //! before the program's own: about 0.4 ms of CPU and as much latency on a 2-core machine. The
 //! spawner is that helper made once per node: our own binary, exec'd as `dispynode __spawner`
-//! with a `SOCK_SEQPACKET` socket as its stdin. For each request it `fork`s (with a job cgroup,
-//! `clone3(CLONE_INTO_CGROUP)`: the child is born there, no migration); the child applies
-//! exactly the jail's steps ([`super::spawn::run`], in the same order, in a process that is
-//! single-threaded and holds nothing of the daemon's) and `exec`s the program. The spawner
+//! with a `SOCK_SEQPACKET` socket as its stdin. For each request it starts a child (with a job
+//! cgroup, `clone3(CLONE_INTO_CGROUP)`: the child is born there, no migration); the child
+//! applies exactly the jail's steps ([`super::spawn::run`], in the same order, in a process
+//! that is single-threaded and holds nothing of the daemon's) and `exec`s the program. Most
+//! children are started vfork-style ([`super::vfork`]: the same steps as plain system calls,
+//! no copy of the spawner's memory); the rest are forked and run [`super::spawn::run`]. The spawner
 //! reaps its children and reports their wait statuses. It dies with the daemon
 //! (`PR_SET_PDEATHSIG`), and its children with it (their own death signal, armed by the jail
 //! steps against the spawner).
@@ -314,6 +316,9 @@ fn start(
         program: req.program.into(),
         args: req.args.into_iter().map(Into::into).collect(),
     };
+    if let Some(pid) = forker.vfork(&inv, ruleset.as_ref(), [&stdout, &stderr], me) {
+        return SpawnerEvent::Spawned { id, pid };
+    }
     match forker.fork(inv.spec.cgroup.as_deref()) {
         Err(e) => SpawnerEvent::Failed {
             id,
@@ -344,11 +349,55 @@ enum Forked {
 /// other move happened just before), on every sporadic program job.
 struct Forker {
     into_cgroup: bool,
+    /// What the vfork-style start needs (None: every job is forked).
+    vfork: Option<VforkKit>,
+}
+
+/// The vfork-style child's stack and its stdin, made once per spawner.
+struct VforkKit {
+    stack: super::vfork::ChildStack,
+    null: OwnedFd,
 }
 
 impl Forker {
     fn new() -> Forker {
-        Forker { into_cgroup: true }
+        Forker {
+            into_cgroup: true,
+            vfork: VforkKit::new(),
+        }
+    }
+
+    /// Starts the job vfork-style ([`super::vfork`]) when it can be: its pid, or None to
+    /// fork it instead (a job that needs more than the vfork child does, a cgroup it cannot
+    /// be born in, a kernel or filter without it).
+    fn vfork(
+        &mut self,
+        inv: &JailInvocation,
+        prebuilt: Option<&Prebuilt>,
+        [stdout, stderr]: [&OwnedFd; 2],
+        me: i32,
+    ) -> Option<i32> {
+        let kit = self.vfork.as_ref()?;
+        let cgroup = match &inv.spec.cgroup {
+            Some(dir) if self.into_cgroup => Some(open_cgroup_dir(dir).ok()?),
+            Some(_) => return None,
+            None => None,
+        };
+        let stdio = [kit.null.as_raw_fd(), stdout.as_raw_fd(), stderr.as_raw_fd()];
+        let plan = super::vfork::Plan::new(inv, prebuilt, stdio, me, cgroup.is_some())?;
+        match super::vfork::start(&plan, &kit.stack, cgroup.as_ref().map(|c| c.as_raw_fd())) {
+            Ok(pid) => Some(pid),
+            // With a cgroup, the fork way finds out whether it was the cgroup or the kernel.
+            Err(e) if cgroup.is_none() && super::vfork::unsupported(&e) => {
+                self.vfork = None;
+                let _ = writeln!(
+                    io::stderr(),
+                    "dispynode-spawner: vfork-style start unavailable ({e}): program jobs are forked"
+                );
+                None
+            }
+            Err(_) => None,
+        }
     }
 
     /// `fork`, or `clone3` into `cgroup`. Any failure of the latter falls back to a plain
@@ -390,33 +439,62 @@ fn unsupported(e: &io::Error) -> bool {
     )
 }
 
+impl VforkKit {
+    /// None where the vfork-style start cannot work: no stack, no /dev/null, or a kernel
+    /// without `close_range` (before 5.9: the child could not close the spawner's fds without
+    /// listing them, which allocates).
+    fn new() -> Option<VforkKit> {
+        if cfg!(not(target_arch = "x86_64")) {
+            return None; // the clone's trampoline is written for x86_64 only
+        }
+        // SAFETY: closes nothing (no fd has that number); only asks whether the call exists.
+        if unsafe { libc::syscall(libc::SYS_close_range, u32::MAX, u32::MAX, 0u32) } != 0 {
+            return None;
+        }
+        let null = std::fs::File::options()
+            .read(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open("/dev/null")
+            .ok()?;
+        Some(VforkKit {
+            stack: super::vfork::ChildStack::new().ok()?,
+            null: null.into(),
+        })
+    }
+}
+
 /// `struct clone_args` up to `cgroup` (CLONE_ARGS_SIZE_VER2, 88 bytes): declared here
 /// because the libc crate has it only for some targets.
 #[repr(C)]
 #[derive(Default)]
-struct CloneArgs {
-    flags: u64,
-    pidfd: u64,
-    child_tid: u64,
-    parent_tid: u64,
-    exit_signal: u64,
-    stack: u64,
-    stack_size: u64,
-    tls: u64,
-    set_tid: u64,
-    set_tid_size: u64,
-    cgroup: u64,
+pub(super) struct CloneArgs {
+    pub(super) flags: u64,
+    pub(super) pidfd: u64,
+    pub(super) child_tid: u64,
+    pub(super) parent_tid: u64,
+    pub(super) exit_signal: u64,
+    pub(super) stack: u64,
+    pub(super) stack_size: u64,
+    pub(super) tls: u64,
+    pub(super) set_tid: u64,
+    pub(super) set_tid_size: u64,
+    pub(super) cgroup: u64,
 }
 
-const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+pub(super) const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// The cgroup directory `dir`, opened for `CLONE_INTO_CGROUP`.
+fn open_cgroup_dir(dir: &Path) -> io::Result<std::fs::File> {
+    std::fs::File::options()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(dir)
+}
 
 /// A fork-like `clone3` whose child starts in the cgroup `dir`: 0 in the child, its pid in
 /// the parent.
 fn fork_into_cgroup(dir: &Path) -> io::Result<i32> {
-    let cg = std::fs::File::options()
-        .read(true)
-        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
-        .open(dir)?;
+    let cg = open_cgroup_dir(dir)?;
     let args = CloneArgs {
         flags: CLONE_INTO_CGROUP,
         exit_signal: libc::SIGCHLD as u64,
@@ -787,6 +865,80 @@ mod tests {
         );
         assert!(forker.into_cgroup);
         assert_eq!(seen, format!("/{name}"));
+    }
+
+    /// `/bin/sh -c script` started vfork-style into `cgroup`: its pid (None: the fork way)
+    /// and its stdout.
+    fn vfork_and_read(
+        forker: &mut Forker,
+        cgroup: Option<&Path>,
+        script: &str,
+    ) -> (Option<i32>, String) {
+        use std::io::Read;
+        let me = std::process::id() as i32;
+        let mut spec = JailSpec::new("/");
+        spec.allow_root = true;
+        spec.parent_pid = Some(me);
+        spec.cgroup = cgroup.map(Path::to_path_buf);
+        let inv = JailInvocation {
+            spec,
+            program: "/bin/sh".into(),
+            args: vec!["-c".into(), script.into()],
+        };
+        let (out_r, out_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let (_err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let pid = forker.vfork(&inv, None, [&out_w, &err_w], me);
+        drop((out_w, err_w));
+        let mut out = String::new();
+        if let Some(pid) = pid {
+            std::fs::File::from(out_r).read_to_string(&mut out).unwrap();
+            let mut status = 0;
+            // SAFETY: waitpid writes only `status`; the child is ours.
+            assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        }
+        (pid, out)
+    }
+
+    #[test]
+    fn vfork_style_children_are_born_in_their_cgroup_too() {
+        let mut forker = Forker::new();
+        if cfg!(not(target_arch = "x86_64")) {
+            assert!(forker.vfork.is_none());
+            return;
+        }
+        assert!(forker.vfork.is_some(), "no vfork-style start on this host");
+        let (pid, out) = vfork_and_read(&mut forker, None, "echo started");
+        assert!(pid.is_some());
+        assert_eq!(out, "started\n");
+        let tmp = tempfile::tempdir().unwrap();
+        let (pid, _) = vfork_and_read(&mut forker, Some(tmp.path()), "echo started");
+        assert!(
+            pid.is_none(),
+            "a directory that is no cgroup goes the fork way"
+        );
+        assert!(
+            forker.vfork.is_some() && forker.into_cgroup,
+            "one failure switches nothing off"
+        );
+        let mount = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.contains(" - cgroup2 "))
+            .and_then(|l| l.split(' ').nth(4).map(PathBuf::from));
+        let Some(mount) = mount.filter(|_| nix::unistd::geteuid().is_root()) else {
+            eprintln!("SKIP: needs root and a cgroup2 mount");
+            return;
+        };
+        let name = format!("dispynode-unit-vfork-{}", std::process::id());
+        let dir = mount.join(&name);
+        if let Err(e) = std::fs::create_dir(&dir) {
+            eprintln!("SKIP: cannot make a cgroup in {}: {e}", mount.display());
+            return;
+        }
+        let (pid, out) = vfork_and_read(&mut forker, Some(&dir), "grep ^0:: /proc/self/cgroup");
+        let _ = std::fs::remove_dir(&dir);
+        assert!(pid.is_some());
+        assert_eq!(out, format!("0::/{name}\n"));
     }
 
     /// A directory that is no cgroup: a plain fork (its child would then fail to join and say
