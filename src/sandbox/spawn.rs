@@ -378,22 +378,8 @@ pub(super) fn run(
 /// Closes every descriptor except 0, 1, 2 and `keep`: `close_range(2)` over the gaps (Linux
 /// 5.9), else each fd listed in `/proc/self/fd`.
 fn close_stray_fds(keep: &[i32]) -> Result<(), JailError> {
-    let mut keep: Vec<u32> = [0, 1, 2]
-        .into_iter()
-        .chain(keep.iter().filter_map(|&fd| u32::try_from(fd).ok()))
-        .collect();
-    keep.sort_unstable();
-    keep.dedup();
-    let mut next = 0u32;
-    let mut gaps = Vec::new();
-    for &k in &keep {
-        if k > next {
-            gaps.push((next, k - 1));
-        }
-        next = k.saturating_add(1);
-    }
-    gaps.push((next, u32::MAX));
-    for &(first, last) in &gaps {
+    let (keep, spans) = close_spans(keep);
+    for &(first, last) in &spans {
         // SAFETY: close_range only closes descriptors; no Rust object of this single-threaded
         // helper owns any of them at this point (we have opened nothing yet).
         let r = unsafe { libc::syscall(libc::SYS_close_range, first, last, 0u32) };
@@ -406,6 +392,27 @@ fn close_stray_fds(keep: &[i32]) -> Result<(), JailError> {
         }
     }
     Ok(())
+}
+
+/// The descriptors to keep (0, 1, 2 and `keep`, sorted) and the `close_range` spans that
+/// close all others.
+pub(super) fn close_spans(keep: &[i32]) -> (Vec<u32>, Vec<(u32, u32)>) {
+    let mut keep: Vec<u32> = [0, 1, 2]
+        .into_iter()
+        .chain(keep.iter().filter_map(|&fd| u32::try_from(fd).ok()))
+        .collect();
+    keep.sort_unstable();
+    keep.dedup();
+    let mut next = 0u32;
+    let mut spans = Vec::new();
+    for &k in &keep {
+        if k > next {
+            spans.push((next, k - 1));
+        }
+        next = k.saturating_add(1);
+    }
+    spans.push((next, u32::MAX));
+    (keep, spans)
 }
 
 /// Fallback for kernels before 5.9.
@@ -435,7 +442,7 @@ fn reset_signals() -> Result<(), JailError> {
 }
 
 /// The job's environment: exactly the spec's variables.
-fn job_environment(env: &[(String, String)]) -> Result<Vec<CString>, JailError> {
+pub(super) fn job_environment(env: &[(String, String)]) -> Result<Vec<CString>, JailError> {
     env.iter()
         .map(|(k, v)| {
             if k.is_empty() || k.contains('=') {
@@ -482,20 +489,27 @@ fn apply_rlimits(limits: &Rlimits) -> Result<(), JailError> {
         let v = value.min(hard);
         setrlimit(resource, v, v).map_err(err)
     };
-    set(Resource::RLIMIT_CORE, "RLIMIT_CORE", 0)?;
-    let optional = [
+    for (resource, name, value) in rlimit_list(limits) {
+        set(resource, name, value)?;
+    }
+    Ok(())
+}
+
+/// The limits a job gets, in the order they are set: `RLIMIT_CORE` 0, then the spec's.
+pub(super) fn rlimit_list(limits: &Rlimits) -> Vec<(Resource, &'static str, u64)> {
+    let mut list = vec![(Resource::RLIMIT_CORE, "RLIMIT_CORE", 0)];
+    for (resource, name, value) in [
         (Resource::RLIMIT_NOFILE, "RLIMIT_NOFILE", limits.nofile),
         (Resource::RLIMIT_FSIZE, "RLIMIT_FSIZE", limits.fsize),
         (Resource::RLIMIT_NPROC, "RLIMIT_NPROC", limits.nproc),
         (Resource::RLIMIT_AS, "RLIMIT_AS", limits.address_space),
         (Resource::RLIMIT_CPU, "RLIMIT_CPU", limits.cpu_seconds),
-    ];
-    for (resource, name, value) in optional {
+    ] {
         if let Some(v) = value {
-            set(resource, name, v)?;
+            list.push((resource, name, v));
         }
     }
-    Ok(())
+    list
 }
 
 /// As root with an identity in the spec: become it for good. Not root: the identity must be
@@ -560,20 +574,15 @@ fn exec(
     for a in args {
         argv.push(cstr(a)?);
     }
-    if program.as_bytes().contains(&b'/') {
-        let e = unistd::execve(&cstr(program)?, &argv, envp).unwrap_err();
+    let candidates = exec_candidates(program, env).ok_or_else(|| exec_err(nix::Error::EINVAL))?;
+    if !searched_on_path(program) {
+        let e = unistd::execve(&candidates[0], &argv, envp).unwrap_err();
         return Err(exec_err(e));
     }
-    let path = env
-        .iter()
-        .find(|(k, _)| k == "PATH")
-        .map_or(DEFAULT_PATH, |(_, v)| v.as_str());
     let mut last = nix::Error::ENOENT;
     let mut denied = false;
-    for dir in path.split(':') {
-        let dir = if dir.is_empty() { "." } else { dir };
-        let candidate = Path::new(dir).join(program);
-        let e = unistd::execve(&cstr(candidate.as_os_str())?, &argv, envp).unwrap_err();
+    for candidate in &candidates {
+        let e = unistd::execve(candidate, &argv, envp).unwrap_err();
         match e {
             nix::Error::ENOENT | nix::Error::ENOTDIR | nix::Error::ESTALE => {}
             nix::Error::EACCES | nix::Error::EPERM => denied = true,
@@ -582,6 +591,30 @@ fn exec(
         last = e;
     }
     Err(exec_err(if denied { nix::Error::EACCES } else { last }))
+}
+
+/// Whether `program` is looked for in the job's `PATH` (a name without `/`, as `execvp`).
+pub(super) fn searched_on_path(program: &OsStr) -> bool {
+    !program.as_bytes().contains(&b'/')
+}
+
+/// The paths to `execve`, in order: `program` itself when it has a `/`, else each directory
+/// of the job's `PATH` (an empty entry is the working directory) joined with it. None when a
+/// path holds a NUL byte.
+pub(super) fn exec_candidates(program: &OsStr, env: &[(String, String)]) -> Option<Vec<CString>> {
+    if !searched_on_path(program) {
+        return Some(vec![CString::new(program.as_bytes()).ok()?]);
+    }
+    let path = env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map_or(DEFAULT_PATH, |(_, v)| v.as_str());
+    path.split(':')
+        .map(|dir| {
+            let dir = if dir.is_empty() { "." } else { dir };
+            CString::new(Path::new(dir).join(program).as_os_str().as_bytes()).ok()
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -18,11 +18,14 @@ use std::ffi::{c_char, CString};
 use std::fmt::Write as _;
 use std::os::fd::RawFd;
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use nix::errno::Errno;
 
-use super::spawn::{JailError, JailInvocation, Prebuilt, DEFAULT_PATH};
+use super::spawn::{
+    close_spans, exec_candidates, job_environment, rlimit_list, searched_on_path, JailError,
+    JailInvocation, Prebuilt,
+};
 
 /// Everything the child needs, made before the clone. The child only reads it.
 pub(super) struct Plan {
@@ -40,7 +43,7 @@ pub(super) struct Plan {
     cwd: CString,
     cwd_shown: PathBuf,
     program_shown: String,
-    /// Where to look for the program, in order (one path when it names a directory).
+    /// Where to look for the program, in order (itself alone when its name has a `/`).
     candidates: Vec<CString>,
     searched: bool,
     _argv: Vec<CString>,
@@ -72,71 +75,26 @@ impl Plan {
             (Some(policy), Some(Prebuilt(fd))) if !policy.required => *fd,
             (Some(_), _) => return None,
         };
-        let mut keep: Vec<u32> = [0, 1, 2]
-            .into_iter()
-            .chain(spec.keep_fds.iter().copied().chain(ruleset))
-            .filter_map(|fd| u32::try_from(fd).ok())
-            .collect();
-        keep.sort_unstable();
-        keep.dedup();
-        let mut close_spans = Vec::new();
-        let mut next = 0u32;
-        for &k in &keep {
-            if k > next {
-                close_spans.push((next, k - 1));
-            }
-            next = k.saturating_add(1);
-        }
-        close_spans.push((next, u32::MAX));
-        let limits = &spec.rlimits;
-        let mut rlimits = vec![(libc::RLIMIT_CORE as i32, 0, "RLIMIT_CORE")];
-        for (resource, name, value) in [
-            (libc::RLIMIT_NOFILE, "RLIMIT_NOFILE", limits.nofile),
-            (libc::RLIMIT_FSIZE, "RLIMIT_FSIZE", limits.fsize),
-            (libc::RLIMIT_NPROC, "RLIMIT_NPROC", limits.nproc),
-            (libc::RLIMIT_AS, "RLIMIT_AS", limits.address_space),
-            (libc::RLIMIT_CPU, "RLIMIT_CPU", limits.cpu_seconds),
-        ] {
-            if let Some(v) = value {
-                rlimits.push((resource as i32, v, name));
-            }
-        }
+        let keep: Vec<i32> = spec.keep_fds.iter().copied().chain(ruleset).collect();
+        let (_, close_spans) = close_spans(&keep);
         // A variable or argument the fork path refuses is refused there, with its message.
-        let mut envp = Vec::with_capacity(spec.env.len());
-        for (k, v) in &spec.env {
-            if k.is_empty() || k.contains('=') {
-                return None;
-            }
-            envp.push(CString::new(format!("{k}={v}")).ok()?);
-        }
-        let program = inv.program.as_bytes();
-        let mut argv = vec![CString::new(program).ok()?];
+        let envp = job_environment(&spec.env).ok()?;
+        let mut argv = vec![CString::new(inv.program.as_bytes()).ok()?];
         for a in &inv.args {
             argv.push(CString::new(a.as_bytes()).ok()?);
         }
-        let searched = !program.contains(&b'/');
-        let candidates = if searched {
-            let path = spec
-                .env
-                .iter()
-                .find(|(k, _)| k == "PATH")
-                .map_or(DEFAULT_PATH, |(_, v)| v.as_str());
-            path.split(':')
-                .map(|dir| {
-                    let dir = if dir.is_empty() { "." } else { dir };
-                    CString::new(Path::new(dir).join(&inv.program).as_os_str().as_bytes()).ok()
-                })
-                .collect::<Option<Vec<_>>>()?
-        } else {
-            vec![argv[0].clone()]
-        };
+        let candidates = exec_candidates(&inv.program, &spec.env)?;
+        let searched = searched_on_path(&inv.program);
         let argv_ptrs = null_terminated(&argv);
         let envp_ptrs = null_terminated(&envp);
         Some(Plan {
             stdio,
             close_spans,
             parent: spec.parent_pid.unwrap_or(parent),
-            rlimits,
+            rlimits: rlimit_list(&spec.rlimits)
+                .into_iter()
+                .map(|(resource, name, value)| (resource as i32, value, name))
+                .collect(),
             identity: spec.identity.map(|id| (id.uid, id.gid)),
             allow_root: spec.allow_root,
             ruleset,
@@ -682,10 +640,11 @@ fn write_all(fd: RawFd, mut data: &[u8]) -> Result<(), Errno> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sandbox::spawn::{Identity, JailSpec};
+    use crate::sandbox::spawn::{Identity, JailSpec, DEFAULT_PATH};
     use crate::sandbox::LandlockPolicy;
     use std::io::Read;
     use std::os::fd::{AsRawFd, OwnedFd};
+    use std::path::Path;
 
     struct Ran {
         code: i32,
