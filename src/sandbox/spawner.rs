@@ -837,10 +837,9 @@ mod tests {
         (in_cgroup, v2)
     }
 
-    /// A child is born in its job's cgroup (as root, with a cgroup2 mount: the delegated
-    /// path's test covers the rest, tests/delegation.rs).
-    #[test]
-    fn children_are_born_in_their_cgroup() {
+    /// A fresh cgroup `<prefix>-<pid>` on this host's cgroup2 mount: its name and path. None
+    /// (saying SKIP) without root or a cgroup2 mount where we may make one.
+    fn test_cgroup(prefix: &str) -> Option<(String, PathBuf)> {
         let mount = std::fs::read_to_string("/proc/self/mountinfo")
             .unwrap_or_default()
             .lines()
@@ -848,14 +847,24 @@ mod tests {
             .and_then(|l| l.split(' ').nth(4).map(PathBuf::from));
         let Some(mount) = mount.filter(|_| nix::unistd::geteuid().is_root()) else {
             eprintln!("SKIP: needs root and a cgroup2 mount");
-            return;
+            return None;
         };
-        let name = format!("dispynode-unit-{}", std::process::id());
+        let name = format!("{prefix}-{}", std::process::id());
         let dir = mount.join(&name);
         if let Err(e) = std::fs::create_dir(&dir) {
             eprintln!("SKIP: cannot make a cgroup in {}: {e}", mount.display());
-            return;
+            return None;
         }
+        Some((name, dir))
+    }
+
+    /// A child is born in its job's cgroup (as root, with a cgroup2 mount: the delegated
+    /// path's test covers the rest, tests/delegation.rs).
+    #[test]
+    fn children_are_born_in_their_cgroup() {
+        let Some((name, dir)) = test_cgroup("dispynode-unit") else {
+            return;
+        };
         let mut forker = Forker::new();
         let (born_there, seen) = fork_and_look(&mut forker, Some(&dir));
         let _ = std::fs::remove_dir(&dir);
@@ -920,21 +929,9 @@ mod tests {
             forker.vfork.is_some() && forker.into_cgroup,
             "one failure switches nothing off"
         );
-        let mount = std::fs::read_to_string("/proc/self/mountinfo")
-            .unwrap_or_default()
-            .lines()
-            .find(|l| l.contains(" - cgroup2 "))
-            .and_then(|l| l.split(' ').nth(4).map(PathBuf::from));
-        let Some(mount) = mount.filter(|_| nix::unistd::geteuid().is_root()) else {
-            eprintln!("SKIP: needs root and a cgroup2 mount");
+        let Some((name, dir)) = test_cgroup("dispynode-unit-vfork") else {
             return;
         };
-        let name = format!("dispynode-unit-vfork-{}", std::process::id());
-        let dir = mount.join(&name);
-        if let Err(e) = std::fs::create_dir(&dir) {
-            eprintln!("SKIP: cannot make a cgroup in {}: {e}", mount.display());
-            return;
-        }
         let (pid, out) = vfork_and_read(&mut forker, Some(&dir), "grep ^0:: /proc/self/cgroup");
         let _ = std::fs::remove_dir(&dir);
         assert!(pid.is_some());
