@@ -388,7 +388,11 @@ impl Forker {
         match super::vfork::start(&plan, &kit.stack, cgroup.as_ref().map(|c| c.as_raw_fd())) {
             Ok(pid) => Some(pid),
             // With a cgroup, the fork way finds out whether it was the cgroup or the kernel.
-            Err(e) if cgroup.is_none() && super::vfork::unsupported(&e) => {
+            // EPERM too: a seccomp filter that refuses clone3 with CLONE_VM.
+            Err(e)
+                if cgroup.is_none()
+                    && (unsupported(&e) || e.raw_os_error() == Some(libc::EPERM)) =>
+            {
                 self.vfork = None;
                 let _ = writeln!(
                     io::stderr(),

@@ -165,15 +165,6 @@ impl Drop for ChildStack {
     }
 }
 
-/// Errors of the clone that mean this kernel (or a seccomp filter) does not allow it at all,
-/// as opposed to a failure of this one job (a cgroup that is gone).
-pub(super) fn unsupported(e: &std::io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::ENOSYS | libc::E2BIG | libc::EINVAL | libc::EPERM)
-    )
-}
-
 /// Starts `plan`'s child and returns its pid once it has exec'd the program or exited (a
 /// failed step: its status says which, as the fork path's child). `cgroup`: an fd of the
 /// directory of the cgroup the child is born in.
