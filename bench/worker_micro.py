@@ -113,6 +113,7 @@ def variants(src):
 class Drv:
     def __init__(self, python, src, cwd):
         self.p = subprocess.Popen([python, '-c', BOOT], cwd=cwd, stdin=subprocess.PIPE,
+                                  env=dict(os.environ, LD_BIND_NOW='1'),  # as the daemon does
                                   stdout=subprocess.PIPE, stderr=open(os.path.join(cwd, 'worker.err'), 'wb'))
         data = src.encode('utf-8')
         self.p.stdin.write(_LEN.pack(len(data)) + data)

@@ -77,4 +77,7 @@ def _compiled(source):
     return _compiled_in_child(source) or compile(source, '<string>', 'exec')
 
 
+# The daemon starts the worker with LD_BIND_NOW (src/node/worker.rs, worker_env): the loader has
+# bound every symbol by now; what the jobs start must not inherit it.
+os.environ.pop('LD_BIND_NOW', None)
 exec(_compiled(_source_from_stdin()))  # the source is not kept: it would be in every job's heap

@@ -462,6 +462,16 @@ class Logger:
 
 # ---------------------------------------------------------------- the worker
 
+# The dummy job message and arguments of a spare's warm-up (Worker._warm_up), made once here:
+# making them in each spare would cost it page copies (marshal, the pickler) that its real job,
+# whose message and arguments come made, never takes.
+_WARM_UP_JOB = frame_head({'op': 'job', 'id': 0, 'uid': 0, 'hash': '', 'start_time': 0.0,
+                           'code': None, 'args_len': 0}, 0, marshal.dumps)
+_WARM_UP_ARGS = pickle.dumps(((0,), {}), RESULT_PROTOCOL)
+# A job child's word to the worker that it sent its ``done`` itself (Worker._send_done).
+_SENT = frame_head({'sent': True}, 0)
+
+
 class RunningJob:
     """A forked job child and the pipe on which it reports its outcome."""
 
@@ -514,6 +524,7 @@ class Spare:
 
 _ZPID = struct.Struct('>i')
 _ZEXIT = struct.Struct('>ii')
+_ZFDS = struct.Struct('=ii')  # SCM_RIGHTS data: two C ints
 
 
 class Zygote:
@@ -594,6 +605,8 @@ class Worker:
         self.spares = []  # the next jobs' children, forked ahead (oldest first)
         self.zygote = None  # forks the spares once setup succeeded
         self.spare_fds = None  # in the zygote: the fds its spares close (see _job_child)
+        self.in_job = False  # in a job process, once its job may run
+        os.register_at_fork(after_in_child=self._after_fork)
 
         os.set_blocking(ctl_in, False)
         self.selector = selectors.DefaultSelector()
@@ -991,39 +1004,67 @@ class Worker:
             os._exit(exit_code)
 
     def _zygote_loop(self, sock, poller, wake_r, children):
-        """Until the worker closes its end: keep SPARES spares ready, report reaped children."""
+        """Until the worker closes its end: keep SPARES spares ready, report reaped children.
+
+        Every page the zygote writes after a fork is copied while the spare lives (even a
+        reference count is a write), so this loop touches as few objects as it can: local
+        names, no objects made per spare, the fork inline."""
         ready = set()  # spares sent and not taken
+        pipe, fork, close, read, waitpid, wnohang = (os.pipe, os.fork, os.close, os.read,
+                                                     os.waitpid, os.WNOHANG)
+        sendmsg, send, recv, poll = sock.sendmsg, sock.send, sock.recv, poller.poll
+        pack_pid, pack_fds, pack_exit = _ZPID.pack, _ZFDS.pack, _ZEXIT.pack
+        add_child, add_ready, discard_ready = children.add, ready.add, ready.discard
+        job_child = self._job_child
         while True:
             while len(ready) < SPARES:
-                new = self._fork_spare()
+                job_r, job_w = pipe()
+                read_fd, write_fd = pipe()
                 try:
-                    sock.sendmsg([b's' + _ZPID.pack(new.pid)], [(
-                        socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                        array.array('i', [new.job_w, new.result_fd]))])
+                    pid = fork()
+                except OSError:
+                    for fd in (job_r, job_w, read_fd, write_fd):
+                        close(fd)
+                    raise
+                if pid == 0:
+                    close(read_fd)
+                    close(job_w)
+                    job_child(job_r, write_fd)  # never returns
+                close(write_fd)
+                close(job_r)
+                try:
+                    sendmsg([b's' + pack_pid(pid)],
+                           [(socket.SOL_SOCKET, socket.SCM_RIGHTS, pack_fds(job_w, read_fd))])
                 finally:
-                    os.close(new.job_w)
-                    os.close(new.result_fd)
-                children.add(new.pid)
-                ready.add(new.pid)
-            for fd, _ in poller.poll():
+                    close(job_w)
+                    close(read_fd)
+                add_child(pid)
+                add_ready(pid)
+            for fd, _ in poll():
                 if fd == wake_r:
                     try:
-                        while os.read(wake_r, 4096):
+                        while read(wake_r, 4096):
                             pass
                     except BlockingIOError:
                         pass
-                    for pid in list(children):
-                        done, status = os.waitpid(pid, os.WNOHANG)
-                        if done:
-                            children.discard(pid)
-                            ready.discard(pid)
-                            sock.send(b'x' + _ZEXIT.pack(pid, status))
+                    # Its spares are the zygote's only children (it was forked after setup,
+                    # whose processes are the worker's): any pid is one of them.
+                    while children:
+                        try:
+                            pid, status = waitpid(-1, wnohang)
+                        except ChildProcessError:
+                            break
+                        if not pid:
+                            break
+                        children.discard(pid)
+                        discard_ready(pid)
+                        send(b'x' + pack_exit(pid, status))
                     continue
-                data = sock.recv(16)
+                data = recv(16)
                 if not data:
                     return
                 if data[:1] == b'c' and len(data) == 1 + _ZPID.size:
-                    ready.discard(_ZPID.unpack_from(data, 1)[0])
+                    discard_ready(_ZPID.unpack_from(data, 1)[0])
 
     def _op_release(self, header, blob):
         for job in self.jobs.values():
@@ -1075,9 +1116,7 @@ class Worker:
                 self._close_worker_fds()
             _signal.signal(_SIGINT, _signal.default_int_handler)
             _signal.signal(_SIGTERM, _signal.SIG_DFL)
-            # What the job forks without exec (multiprocessing) must not hold the daemon's
-            # stream: it would hide the worker's end from the daemon (exec closes it anyway).
-            os.register_at_fork(after_in_child=self._drop_stream)
+            self.in_job = True  # what this process forks drops the stream (_after_fork)
             ours = _fd_ids(result_fd, self.ctl_out, self.stream_lock.fd)
             self._warm_up()
             job = self._await_job(job_fd)
@@ -1108,17 +1147,24 @@ class Worker:
             os.chdir(self.config['dest_path'])
             lookup(self.user_globals, self.config['name'])
             inbox = FrameBuffer(marshal.loads)
-            inbox.feed(frame_head({'op': 'job', 'id': 0, 'uid': 0, 'hash': '', 'start_time': 0.0,
-                                   'code': None, 'args_len': 0}, 0, marshal.dumps))
+            inbox.feed(_WARM_UP_JOB)
             inbox.pop()
             out = io.StringIO()
             out.write('')
-            value = pickle.loads(pickle.dumps(((0,), {}), RESULT_PROTOCOL))
+            value = pickle.loads(_WARM_UP_ARGS)
             frame_head({'ev': 'done', 'id': 0, 'status': FINISHED, 'stdout': out.getvalue(),
                         'stderr': '', 'exception': None},
                        len(pickle.dumps(value, RESULT_PROTOCOL)))
         except Exception:
             pass
+
+    def _after_fork(self):
+        """What a job forks without exec (multiprocessing) must not hold the daemon's stream:
+        it would hide the worker's end from the daemon (exec closes it anyway). Registered once
+        in the worker, not per job process: registering costs a job process a dozen page
+        copies."""
+        if self.in_job:
+            self._drop_stream()
 
     def _drop_stream(self):
         for fd in (self.ctl_out, self.stream_lock.fd):
@@ -1144,7 +1190,7 @@ class Worker:
             return False
         with self.stream_lock:
             os.write(self.ctl_out, frame)
-            write_message(result_fd, {'sent': True})
+            write_all(result_fd, _SENT)
         return True
 
     @staticmethod

@@ -300,7 +300,7 @@ impl Node {
         let cmd = self.jailed(
             dir,
             leaf,
-            Vec::new(),
+            worker::worker_env(),
             None,
             &self.python.exe,
             &worker::worker_args(),

@@ -32,6 +32,18 @@ pub fn worker_args() -> [&'static std::ffi::OsStr; 2] {
     ["-c".as_ref(), BOOT_SOURCE.as_ref()]
 }
 
+/// The worker's environment beyond a job's: `LD_BIND_NOW`, so that the dynamic loader resolves
+/// every symbol once in the worker. Lazily bound, each job process resolved the C functions it
+/// called first (setsid, ...) itself, writing (copying) the pages of the symbol tables: about
+/// ten page copies per job. The boot script removes it from the environment again, so that
+/// nothing the jobs start inherits it.
+pub fn worker_env() -> Vec<(String, String)> {
+    vec![(BIND_NOW.to_owned(), "1".to_owned())]
+}
+
+/// The variable of [`worker_env`]; runner/dispynode_boot.py removes it.
+pub const BIND_NOW: &str = "LD_BIND_NOW";
+
 /// What the worker reads first on stdin, before any message: `u32 BE length | source`.
 pub fn source_preamble() -> Vec<u8> {
     let mut out = Vec::with_capacity(4 + WORKER_SOURCE.len());

@@ -235,9 +235,11 @@ class WorkerProcess:
         if command is None:  # as the daemon starts it (src/node/worker.rs, worker_args)
             command = [WORKER_PATH] if as_script else ['-c', BOOT_SOURCE]
         self.stderr = tempfile.TemporaryFile()
+        # The daemon's variable for the worker (src/node/worker.rs, worker_env).
+        env = dict(os.environ, LD_BIND_NOW='1') if booted else None
         self.proc = subprocess.Popen([sys.executable] + command,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self.stderr)
+                                     stderr=self.stderr, env=env)
         if booted:  # the boot reads the source first (source_preamble)
             self.proc.stdin.write(source_preamble(WORKER_SOURCE))
         self.messages = queue.Queue()
@@ -731,6 +733,12 @@ class JobTests(WorkerTestCase):
         direct.send(self.config(CODE))
         self.assertEqual(direct.expect('init')[0], {'ev': 'init', 'ok': True})
         self.assertLess(heap_kib(booted) + 1024, heap_kib(direct))
+
+    def test_jobs_and_what_they_start_do_not_inherit_bind_now(self):
+        worker = self.ready(code='import os, subprocess\ndef compute(kind):\n'
+                                 '    return (os.environ.get("LD_BIND_NOW"), subprocess.check_output(\n'
+                                 '        ["sh", "-c", "echo ${LD_BIND_NOW-unset}"]))\n')
+        self.assertEqual(worker.run_job('env')[1], (None, b'unset\n'))
 
     def test_boot_reports_a_source_that_does_not_compile(self):
         proc = subprocess.run([sys.executable, '-c', BOOT_SOURCE],
