@@ -300,7 +300,9 @@ class ClientLink:
 
     One instance is created at ``init``; each forked job calls begin_job() on
     its own copy, so the _JobReply it sends (status, last provisional result)
-    is private to that job, as the reference's per-job reply object is.
+    is private to that job, as the reference's per-job reply object is.  The
+    reply is made when the job first needs it (most jobs never do: one dict less
+    in every job process).
     """
 
     def __init__(self, config):
@@ -310,12 +312,20 @@ class ClientLink:
         self.certfile = config.get('certfile')
         self.cadata = config.get('cadata')
         self.max_file_size = config.get('max_file_size') or 0
+        self.job = None  # the job message's header
         self.reply = None
 
-    def begin_job(self, uid, job_hash, start_time):
-        self.reply = {'uid': uid, 'hash': job_hash, 'ip_addr': self.reply_ip_addr,
-                      'status': RUNNING, 'result': None, 'stdout': None, 'stderr': None,
-                      'exception': None, 'start_time': start_time, 'end_time': 0}
+    def begin_job(self, header):
+        self.job = header
+
+    def _reply(self):
+        """This job's _JobReply state, made on first use; None outside a job."""
+        if self.reply is None and self.job is not None:
+            job = self.job
+            self.reply = {'uid': job['uid'], 'hash': job['hash'], 'ip_addr': self.reply_ip_addr,
+                          'status': RUNNING, 'result': None, 'stdout': None, 'stderr': None,
+                          'exception': None, 'start_time': job['start_time'], 'end_time': 0}
+        return self.reply
 
     def _connect(self, relay, timeout):
         addr = self.scheduler_addr if relay else self.client_addr
@@ -343,20 +353,22 @@ class ClientLink:
             raise
 
     def provisional_result(self, result, relay, timeout):
-        if self.reply is None:
+        reply = self._reply()
+        if reply is None:
             return -1
         # Pickling errors propagate to the caller, as in the reference.
-        self.reply.update(status=PROVISIONAL, end_time=time.time(),
-                          result=pickle.dumps(result, RESULT_PROTOCOL))
+        reply.update(status=PROVISIONAL, end_time=time.time(),
+                     result=pickle.dumps(result, RESULT_PROTOCOL))
         try:
             with self._connect(relay, timeout) as sock:
-                _send_frame(sock, b'JOB_REPLY:' + dispy_pickle('_JobReply', self.reply))
+                _send_frame(sock, b'JOB_REPLY:' + dispy_pickle('_JobReply', reply))
                 return 0 if _recv_frame(sock) == b'ACK' else -1
         except Exception:
             return -1
 
     def send_file(self, path, relay, timeout):
-        if self.reply is None:
+        reply = self._reply()
+        if reply is None:
             return -1
         try:
             name = os.path.abspath(path)
@@ -371,7 +383,7 @@ class ClientLink:
         try:
             with open(name, 'rb') as fd, self._connect(relay, timeout) as sock:
                 _send_frame(sock, b'FILEXFER:' + dispy_pickle('_XferFile', xfer))
-                _send_frame(sock, dispy_pickle('_JobReply', self.reply))
+                _send_frame(sock, dispy_pickle('_JobReply', reply))
                 # The client acks how many bytes it has; we send the next chunk.
                 while True:
                     recvd = _load_ack(_recv_frame(sock))
@@ -730,6 +742,10 @@ class Worker:
             # jobs; here jobs always fork from this process.
             if status not in (0, 1, 2):
                 return '"setup" failed with %s' % (status,)
+        try:  # setup may have moved the worker: every job process is forked from here
+            os.chdir(config['dest_path'])
+        except OSError as exc:
+            return 'computation directory is gone: %s' % (exc,)
         self.user_globals = user_globals
         self.setup_args = setup_args
         return None
@@ -1144,7 +1160,6 @@ class Worker:
         """Walk the job's own path once with dummy data while waiting for the job: the
         copy-on-write faults of the objects it touches are taken here, not on the job's way."""
         try:
-            os.chdir(self.config['dest_path'])
             lookup(self.user_globals, self.config['name'])
             inbox = FrameBuffer(marshal.loads)
             inbox.feed(_WARM_UP_JOB)
@@ -1232,11 +1247,10 @@ class Worker:
                 return ({'status': TERMINATED, 'stdout': None, 'stderr': None,
                          'exception': 'could not join cgroup %s: %s' % (cgroup_procs, exc)},
                         pickle.dumps(None, RESULT_PROTOCOL))
-        self.link.begin_job(header['uid'], header['hash'], header['start_time'])
+        self.link.begin_job(header)
         user_globals = self.user_globals
         stdout, stderr = sys.stdout, sys.stderr = io.StringIO(), io.StringIO()
         try:
-            os.chdir(self.config['dest_path'])  # setup may have moved the worker
             if header.get('code'):
                 exec(compile(header['code'], '<string>', 'exec'), user_globals)
             args_len = header['args_len']

@@ -827,6 +827,13 @@ class SetupAndCloseTests(WorkerTestCase):
                 self.assertEqual(worker.run_job('BASE')[1], 42)
                 worker.stop()
 
+    def test_jobs_start_in_the_computation_directory_wherever_setup_went(self):
+        code = ('import os\ndef setup():\n    os.chdir("/")\n    return 0\n'
+                'def compute():\n    return os.getcwd()\n')
+        worker = self.ready(code, setup='setup')
+        self.assertEqual([worker.run_job()[1] for _ in range(3)],
+                         [os.path.realpath(self.dest)] * 3)
+
     def test_setup_bad_status(self):
         worker = self.start(SETUP_CODE, setup='setup')
         self.assertEqual(self.setup_worker(worker, (1, 5)),
