@@ -23,9 +23,11 @@ worker touched afterwards would be copied, about 200 faults and 1 ms of CPU
 per job).
 A child whose ``done`` message fits in one atomic pipe write (PIPE_BUF bytes:
 small results and output) writes it to the daemon's stream itself, one hop
-less on the job's way back; every writer of that stream holds a POSIX lock
-on a private memfd for the whole message, so the worker's longer messages are
-never split by a child's.  The child then tells the worker on its own pipe.
+less on the job's way back; it holds a POSIX lock on a private memfd while it
+writes, and so does the worker for a message longer than PIPE_BUF (a pipe may
+split those), so the worker's longer messages are never split by a child's.
+Messages of at most PIPE_BUF bytes go in one write, never split.  The child
+then tells the worker on its own pipe.
 Larger outcomes go over that pipe, and the worker sends the ``done`` as soon
 as the outcome is complete (the child's exit and reaping happen off the job's
 critical path), or once the child has been reaped if it sent none.
@@ -118,9 +120,14 @@ def frame_head(header, blob_len, encode=None):
 
 
 def write_message(fd, header, blob=b'', encode=None):
-    """Send one framed message."""
-    write_all(fd, frame_head(header, len(blob), encode))
-    write_all(fd, blob)
+    """Send one framed message; in one write when it fits in PIPE_BUF bytes (then it is
+    atomic on a pipe, and the reader wakes once for it)."""
+    head = frame_head(header, len(blob), encode)
+    if len(head) + len(blob) <= select.PIPE_BUF:
+        write_all(fd, head + blob)
+    else:
+        write_all(fd, head)
+        write_all(fd, blob)
 
 
 def _from_json(data):
@@ -649,9 +656,16 @@ class Worker:
     # ---- daemon stream
 
     def send(self, header, blob=b''):
+        head = frame_head(header, len(blob))
         try:
-            with self.stream_lock:
-                write_message(self.ctl_out, header, blob)
+            if len(head) + len(blob) <= select.PIPE_BUF:
+                # One write of at most PIPE_BUF bytes is never split or interleaved: only the
+                # longer messages need the stream lock to keep the job children's out.
+                write_all(self.ctl_out, head + blob)
+            else:
+                with self.stream_lock:
+                    write_all(self.ctl_out, head)
+                    write_all(self.ctl_out, blob)
         except OSError:  # the daemon is gone
             self.abort()
 
