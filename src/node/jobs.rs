@@ -273,6 +273,10 @@ impl Node {
         let n = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep(leftovers::RECORD_JOBS_AFTER).await;
+            // Most jobs have ended by now: nothing to read in /proc for them.
+            if !n.procs.is_noted(pid) {
+                return;
+            }
             if parent.is_none_or(|w| leftovers::descends_from(pid, w)) {
                 n.procs.persist(pid);
             } else {
@@ -654,7 +658,7 @@ impl Node {
             });
             (dir, to_remove)
         };
-        if let Some(dir) = dir {
+        if let Some(dir) = dir.filter(|_| !to_remove.is_empty()) {
             remove_files(&dir, &to_remove);
         }
         self.jobs_changed.notify_waiters();

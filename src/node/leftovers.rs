@@ -155,6 +155,11 @@ impl ProcRecords {
         self.live().insert(pid, false);
     }
 
+    /// Whether a process is noted and not yet recorded (nor removed: ended).
+    pub fn is_noted(&self, pid: i32) -> bool {
+        self.live().get(&pid) == Some(&false)
+    }
+
     /// Writes the record of a noted process that has not been removed meanwhile.
     pub fn persist(&self, pid: i32) {
         let mut live = self.live();
@@ -313,15 +318,19 @@ mod tests {
         let recs = ProcRecords::open(d.path()).unwrap();
         let me = std::process::id() as i32;
         let file = d.path().join("procs").join(me.to_string());
+        assert!(!recs.is_noted(me));
         recs.note(me);
         assert!(!file.exists(), "a noted process has no file yet");
+        assert!(recs.is_noted(me));
         recs.persist(me);
         assert!(file.exists(), "persist writes the record");
+        assert!(!recs.is_noted(me), "recorded, no longer only noted");
         recs.remove(me);
         assert!(!file.exists(), "remove unlinks a written record");
         // Removed before persist: nothing is ever written.
         recs.note(me);
         recs.remove(me);
+        assert!(!recs.is_noted(me), "an ended process is not noted");
         recs.persist(me);
         assert!(!file.exists(), "persist after remove must not write");
     }
