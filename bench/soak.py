@@ -51,8 +51,12 @@ def main():
                     help='our node with a delegated cgroup subtree: a cgroup per job (root)')
     ap.add_argument('--stall', type=float, default=20.0)
     ap.add_argument('--timeout', type=float, default=300.0)
-    ap.add_argument('--out', default=os.path.join(benchlib.HERE, 'results', 'soak.json'))
+    ap.add_argument('--out', help='default: results/soak.json, results/soak-delegated.json '
+                                  'with --delegated')
     args = ap.parse_args()
+    if args.out is None:
+        args.out = os.path.join(benchlib.HERE, 'results',
+                                'soak-delegated.json' if args.delegated else 'soak.json')
     if not benchlib.venv_ok(args.venv):
         sys.exit('no dispy 4.15.2 in the venv %s (bench/run.sh makes one)' % args.venv)
     if args.delegated and (args.impl != 'ours' or os.geteuid() != 0 or not benchlib.cgroup2_root()):
