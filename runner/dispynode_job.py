@@ -119,13 +119,16 @@ def frame_head(header, blob_len, encode=None):
     return _LEN.pack(len(text)) + text + _LEN.pack(blob_len)
 
 
-def write_message(fd, header, blob=b'', encode=None):
+def write_message(fd, header, blob=b'', encode=None, lock=None):
     """Send one framed message; in one write when it fits in PIPE_BUF bytes (then it is
-    atomic on a pipe, and the reader wakes once for it)."""
+    atomic on a pipe, and the reader wakes once for it), else in two, holding ``lock`` (a
+    StreamLock) if one is given: a pipe may split those, so they need it to keep other
+    writers out."""
     head = frame_head(header, len(blob), encode)
     if len(head) + len(blob) <= select.PIPE_BUF:
         write_all(fd, head + blob)
-    else:
+        return
+    with lock or StreamLock(None):
         write_all(fd, head)
         write_all(fd, blob)
 
@@ -656,16 +659,9 @@ class Worker:
     # ---- daemon stream
 
     def send(self, header, blob=b''):
-        head = frame_head(header, len(blob))
         try:
-            if len(head) + len(blob) <= select.PIPE_BUF:
-                # One write of at most PIPE_BUF bytes is never split or interleaved: only the
-                # longer messages need the stream lock to keep the job children's out.
-                write_all(self.ctl_out, head + blob)
-            else:
-                with self.stream_lock:
-                    write_all(self.ctl_out, head)
-                    write_all(self.ctl_out, blob)
+            # Only the longer messages take the stream lock (write_message).
+            write_message(self.ctl_out, header, blob, lock=self.stream_lock)
         except OSError:  # the daemon is gone
             self.abort()
 

@@ -38,11 +38,8 @@ pub fn worker_args() -> [&'static std::ffi::OsStr; 2] {
 /// ten page copies per job. The boot script removes it from the environment again, so that
 /// nothing the jobs start inherits it.
 pub fn worker_env() -> Vec<(String, String)> {
-    vec![(BIND_NOW.to_owned(), "1".to_owned())]
+    vec![("LD_BIND_NOW".to_owned(), "1".to_owned())]
 }
-
-/// The variable of [`worker_env`]; runner/dispynode_boot.py removes it.
-pub const BIND_NOW: &str = "LD_BIND_NOW";
 
 /// What the worker reads first on stdin, before any message: `u32 BE length | source`.
 pub fn source_preamble() -> Vec<u8> {
