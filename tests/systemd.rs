@@ -988,6 +988,37 @@ fn journal_entries_carry_plain_structured_fields() {
             dump()
         );
     }
+    // Jobs one by one at debug (7; the node runs with -d here), each computation's close at
+    // info with its tally: without -d, hundreds of jobs a second must not run into journald's
+    // per-service rate limit, which would drop every message of the node, warnings included.
+    let by_message = |m: &str| {
+        entries
+            .iter()
+            .filter(|e| e.get("MESSAGE").map(String::as_str) == Some(m))
+            .collect::<Vec<_>>()
+    };
+    for m in ["job started", "job done"] {
+        let lines = by_message(m);
+        assert!(
+            lines.len() == 3
+                && lines
+                    .iter()
+                    .all(|e| e.get("PRIORITY").map(String::as_str) == Some("7")),
+            "expected 3 {m:?} entries at debug (PRIORITY=7):\n{}",
+            dump()
+        );
+    }
+    let closed = by_message("computation closed");
+    fn tally(e: &BTreeMap<String, String>) -> [&str; 5] {
+        ["PRIORITY", "JOBS", "FINISHED", "TERMINATED", "KILLED"]
+            .map(|k| e.get(k).map(String::as_str).unwrap_or("-"))
+    }
+    assert!(
+        closed.len() == 1 && tally(closed[0]) == ["6", "3", "3", "0", "0"],
+        "expected one \"computation closed\" entry at info with JOBS=3 FINISHED=3 \
+         TERMINATED=0 KILLED=0:\n{}",
+        dump()
+    );
     // INFO is "informational" (6); nothing at "notice" unless it needs attention.
     assert!(
         entries

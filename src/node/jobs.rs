@@ -26,6 +26,9 @@ use crate::sandbox::cgroup::ComputationCgroup;
 use crate::sandbox::{CgroupError, JobCgroup};
 use crate::store::{self, Dir};
 
+/// How the exception of a job that the node killed for a limit begins (the client sees it).
+const KILLED: &str = "job killed: ";
+
 /// Moves `pid` into `cg`, off the runtime thread: a migration write waits for an RCU grace
 /// period (about 8 ms on the benchmark's machine) when no migration happened in the last few
 /// ms, and the whole daemon would stall meanwhile.
@@ -204,7 +207,7 @@ impl Node {
                     }
                     if let Some(reason) = cg.and_then(super::spawning::retire_cgroup) {
                         header["status"] = serde_json::json!(status::TERMINATED);
-                        header["exception"] = serde_json::json!(format!("job killed: {reason}"));
+                        header["exception"] = serde_json::json!(format!("{KILLED}{reason}"));
                     }
                     let n = self.clone();
                     tokio::spawn(async move {
@@ -448,7 +451,7 @@ impl Node {
                 if jail_failed {
                     Outcome::Failed(String::from_utf8_lossy(&out.stderr).trim().to_owned())
                 } else if let Some(reason) = limit_hit {
-                    Outcome::Failed(format!("job killed: {reason}"))
+                    Outcome::Failed(format!("{KILLED}{reason}"))
                 } else {
                     Outcome::Program {
                         code,
@@ -606,13 +609,37 @@ impl Node {
                 }
             }
         }
-        tracing::info!(
-            computation = job.compute_id,
-            job = job.uid,
-            status = reply.status,
-            duration = format!("{:.3}", end - job.start_time),
-            "job done"
-        );
+        let killed = reply
+            .exception
+            .as_deref()
+            .is_some_and(|e| e.starts_with(KILLED));
+        if let Some(c) = self.lock().computations.get_mut(&job.compute_id) {
+            if reply.status == status::FINISHED {
+                c.tally.finished += 1;
+            } else {
+                c.tally.terminated += 1;
+                c.tally.killed += u64::from(killed);
+            }
+        }
+        // Per job at debug (see `JobTally`); a job the node killed is worth an operator's look.
+        if killed {
+            tracing::info!(
+                computation = job.compute_id,
+                job = job.uid,
+                status = reply.status,
+                duration = format!("{:.3}", end - job.start_time),
+                error = reply.exception.as_deref(),
+                "job done: killed by a limit"
+            );
+        } else {
+            tracing::debug!(
+                computation = job.compute_id,
+                job = job.uid,
+                status = reply.status,
+                duration = format!("{:.3}", end - job.start_time),
+                "job done"
+            );
+        }
         let payload = pickle::encode(&reply.to_value());
         if self.deliver(&payload, reply_addr, job.uid).await {
             if self.lock().saved_results > 0 {
@@ -836,7 +863,16 @@ impl Node {
             store::remove_if_empty(&sched_dir);
         })
         .await;
-        tracing::info!(computation = compute_id, name = %c.compute.name, "computation closed");
+        let t = c.tally;
+        tracing::info!(
+            computation = compute_id,
+            name = %c.compute.name,
+            jobs = t.finished + t.terminated,
+            finished = t.finished,
+            terminated = t.terminated,
+            killed = t.killed,
+            "computation closed"
+        );
         let (free, sched, stop) = {
             let mut st = self.lock();
             let free = st.computations.is_empty();

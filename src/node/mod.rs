@@ -91,6 +91,22 @@ pub(crate) struct Computation {
     pub closing: bool,
     /// The computation's cgroup (worker and program jobs below it), with cgroup v2.
     pub cgroup: Option<crate::sandbox::cgroup::ComputationCgroup>,
+    /// Replies sent or saved so far, for the "computation closed" line.
+    pub tally: JobTally,
+}
+
+/// How a computation's jobs ended. Jobs are logged one by one at debug level only: at hundreds
+/// of jobs a second, two info lines per job would exceed journald's default per-service rate
+/// limit (10 000 messages in 30 s), and journald then drops every message of the node,
+/// warnings included, for the rest of the interval.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct JobTally {
+    /// Status Finished (a program's exit code does not matter, as in dispy).
+    pub finished: u64,
+    /// Status Terminated: the function raised, the client terminated it, or the node killed it.
+    pub terminated: u64,
+    /// Of those, killed by the node for a limit (memory, pids, time).
+    pub killed: u64,
 }
 
 /// A job from JOB until its reply is handed to the network.

@@ -241,6 +241,7 @@ impl Node {
                     file_uses: Default::default(),
                     closing: false,
                     cgroup,
+                    tally: Default::default(),
                 },
             );
         }
@@ -606,7 +607,7 @@ impl Node {
                 return self.reply_raw(s, &text).await;
             }
         };
-        tracing::info!(client = %peer, computation = job.compute_id, job = job.uid, "job started");
+        tracing::debug!(client = %peer, computation = job.compute_id, job = job.uid, "job started");
         // ACK before starting, and report a start failure as a Terminated reply (G28).
         let r = self.reply_raw(s, "ACK").await;
         match kind {

@@ -98,6 +98,8 @@ run_mode() {
     local prefix=/var/tmp/dispynode-$mode
     mkdir -p "$prefix"
     [ "$mode" = user ] && chown nobody:nogroup "$prefix"
+    local since
+    since=$(date +%s)
     echo "=== mode $mode: systemd-run ${props[*]} dispynode ..."
     systemd-run --quiet --unit=$UNIT "${props[@]}" /usr/local/bin/dispynode -i 127.0.0.1 \
         --node_port $PORT --scheduler_port $((PORT - 1)) --dest_path_prefix "$prefix" \
@@ -110,6 +112,27 @@ run_mode() {
     echo "[$mode] $(journalctl -u $UNIT --no-pager -o cat | grep -E 'cgroup|landlock|dropped' | tr '\n' ';')"
 
     client "$mode" probe_limits
+    # The journal: jobs one by one only at debug (the node runs with -d here), except the two
+    # the node killed (info), and the computation's close with its tally (info): what an
+    # operator sees without -d. 5 jobs: cgroup, bomb and hog (killed), two squares.
+    local tally  # this mode's run only: the unit name is the same for both
+    for _ in $(seq 1 20); do
+        tally=$(journalctl -u $UNIT --since "@$since" -o json --no-pager | python3 -c '
+import json, sys
+e = [json.loads(l) for l in sys.stdin]
+killed = [x for x in e if x.get("MESSAGE", "").startswith("job done: killed") and x.get("PRIORITY") == "6"]
+done = [x for x in e if x.get("MESSAGE") == "job done"]
+closed = [x for x in e if x.get("MESSAGE") == "computation closed" and x.get("PRIORITY") == "6"]
+t = closed[-1] if closed else {}
+print("killed-lines=%d debug-done-priorities=%s closed=%s" % (len(killed), sorted({x.get("PRIORITY") for x in done}),
+      " ".join("%s=%s" % (k, t.get(k)) for k in ("JOBS", "FINISHED", "TERMINATED", "KILLED"))))')
+        case "$tally" in *"closed=JOBS="[0-9]*) break ;; esac
+        sleep 0.5
+    done
+    case "$tally" in
+        "killed-lines=2 debug-done-priorities=['7'] closed=JOBS=5 FINISHED=3 TERMINATED=2 KILLED=2") check "$mode" journal_tally 0 ;;
+        *) check "$mode" journal_tally 1 "$tally" ;;
+    esac
     local mark
     mark=300.777$(printf '%06d' $((RANDOM * 32768 + RANDOM)) | cut -c1-6)
     client "$mode" probe_cancel_program "$mark" --setsid

@@ -48,11 +48,11 @@ check "STATUS= shown" bash -c 'systemctl show dispynode -p StatusText | grep -q 
 systemctl show dispynode -p MainPID -p StatusText -p NRestarts -p ControlGroup -p WatchdogUSec
 echo "--- journal fields"
 journalctl -u dispynode --no-pager -o cat | tail -15
-check "journal has JOB/STATUS/DURATION fields" bash -c 'journalctl -u dispynode -o json --no-pager | python3 -c "
+check "journal has CLIENT/COMPUTATION fields and each close its JOBS/FINISHED tally" bash -c 'journalctl -u dispynode -o json --no-pager | python3 -c "
 import json,sys
 e=[json.loads(l) for l in sys.stdin]
-ok=any(all(k in x for k in (\"COMPUTATION\",\"JOB\",\"STATUS\",\"DURATION\")) and x.get(\"SYSLOG_IDENTIFIER\")==\"dispynode\" for x in e)
-ok2=any(all(k in x for k in (\"CLIENT\",\"COMPUTATION\",\"JOB\")) for x in e)
+ok=any(all(k in x for k in (\"COMPUTATION\",\"JOBS\",\"FINISHED\",\"TERMINATED\")) and x.get(\"SYSLOG_IDENTIFIER\")==\"dispynode\" for x in e)
+ok2=any(all(k in x for k in (\"CLIENT\",\"COMPUTATION\")) for x in e)
 sys.exit(0 if ok and ok2 else 1)"'
 C=$(journalctl -u dispynode -o json --no-pager | python3 -c "
 import json,sys
