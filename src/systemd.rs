@@ -438,8 +438,9 @@ pub fn watchdog_timeout(
 }
 
 /// The `STATUS=` line of the node, for `systemctl status`: who is being served and how busy the
-/// node is, e.g. `serving 10.0.0.7: 1 computation, 3 jobs running, 5 of 8 CPUs free` or
-/// `idle, 8 of 8 CPUs free`.
+/// node is, e.g. `serving 10.0.0.7: 1 computation, 3 jobs running, 5 of 8 CPUs free, 1234 jobs
+/// done since start` or `idle, 8 of 8 CPUs free`. (Jobs are logged one by one only at debug
+/// level, so this is where an operator sees the node's work without `-d`.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NodeStatus<'a> {
     /// The scheduler (client) currently served, if any.
@@ -448,6 +449,8 @@ pub struct NodeStatus<'a> {
     pub jobs_running: usize,
     pub cpus_free: usize,
     pub cpus: usize,
+    /// Jobs replied to (or their replies saved) since the node started.
+    pub jobs_done: u64,
 }
 
 impl fmt::Display for NodeStatus<'_> {
@@ -477,7 +480,16 @@ impl fmt::Display for NodeStatus<'_> {
                 plural(self.jobs_running, "job", "jobs")
             )?;
         }
-        write!(f, "{} of {} CPUs free", self.cpus_free, self.cpus)
+        write!(f, "{} of {} CPUs free", self.cpus_free, self.cpus)?;
+        if self.jobs_done > 0 {
+            let n = self.jobs_done;
+            write!(
+                f,
+                ", {n} {} done since start",
+                plural(n as usize, "job", "jobs")
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -999,6 +1011,7 @@ mod tests {
                 jobs_running,
                 cpus_free,
                 cpus: 8,
+                jobs_done: 0,
             }
             .to_string()
         };
@@ -1014,6 +1027,25 @@ mod tests {
         assert_eq!(
             s(None, 1, 3, 5),
             "1 computation, 3 jobs running, 5 of 8 CPUs free"
+        );
+        let done = |jobs_done| {
+            NodeStatus {
+                client: Some("10.0.0.7"),
+                computations: 1,
+                jobs_running: 2,
+                cpus_free: 6,
+                cpus: 8,
+                jobs_done,
+            }
+            .to_string()
+        };
+        assert_eq!(
+            done(1),
+            "serving 10.0.0.7: 1 computation, 2 jobs running, 6 of 8 CPUs free, 1 job done since start"
+        );
+        assert_eq!(
+            done(1234),
+            "serving 10.0.0.7: 1 computation, 2 jobs running, 6 of 8 CPUs free, 1234 jobs done since start"
         );
     }
 

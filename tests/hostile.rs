@@ -671,6 +671,44 @@ fn wrong_auth_prefix_with_compute() {
     normal_job_and_finish(&mut node, &base, "wrong-auth");
 }
 
+/// A peer without the secret cannot flood the log: a refused connection's line is logged at
+/// most 20 times a minute per kind (journald would otherwise drop every message of the node
+/// once its per-service rate limit is hit), and the rest are counted in one line.
+#[test]
+fn refused_connections_are_logged_at_most_twenty_a_minute() {
+    let Some((mut node, base)) = start(&[]) else {
+        return;
+    };
+    let kind = "refused request: wrong auth (secret mismatch?)";
+    let data = [vec![b'y'; AUTH_LEN], framed(&message("JOB", &Value::None))].concat();
+    for i in 0..100 {
+        let (o, took) = exchange(&node, &data, true, IO);
+        node.ensure(
+            o.dropped(),
+            &format!("request {i} with a wrong prefix got {o:?} after {took:?}"),
+        );
+    }
+    let summary = format!("80 more lines like \"{kind}\" not logged (at most 20 a minute each)");
+    // The count is logged from the node's heartbeat, every 5 s.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !node.log().contains(&summary) && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(100));
+    }
+    let log = node.log();
+    let lines = log
+        .lines()
+        .filter(|l| l.contains(kind) && !l.contains("not logged"))
+        .count();
+    node.ensure(
+        lines == 20 && log.contains(&summary),
+        &format!(
+            "{lines} lines of {kind:?} (want 20), summary {summary:?} present: {}",
+            log.contains(&summary)
+        ),
+    );
+    normal_job_and_finish(&mut node, &base, "log-limit");
+}
+
 /// Random bytes, with no prefix, a wrong one and the right one, are dropped without harm.
 #[test]
 fn random_bytes() {

@@ -781,6 +781,25 @@ fn notify_ready_watchdog_status_and_stopping() {
         notify.dump()
     );
     eprintln!("status lines: {statuses:?}");
+
+    // Jobs are logged one by one only at debug level: STATUS= counts them for operators.
+    run_real_job(port, &daemon, 3);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let counted = loop {
+        let found = notify.all().iter().any(|(_, m)| {
+            m.lines()
+                .any(|l| l.starts_with("STATUS=") && l.ends_with(", 3 jobs done since start"))
+        });
+        if found || Instant::now() > deadline {
+            break found;
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        counted,
+        "no STATUS= line ending in \", 3 jobs done since start\" after 3 jobs; notifications:\n{}",
+        notify.dump()
+    );
     let before_stop = notify.all().len();
 
     kill(daemon.pid(), Signal::SIGTERM).expect("SIGTERM");

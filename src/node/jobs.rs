@@ -613,12 +613,16 @@ impl Node {
             .exception
             .as_deref()
             .is_some_and(|e| e.starts_with(KILLED));
-        if let Some(c) = self.lock().computations.get_mut(&job.compute_id) {
-            if reply.status == status::FINISHED {
-                c.tally.finished += 1;
-            } else {
-                c.tally.terminated += 1;
-                c.tally.killed += u64::from(killed);
+        {
+            let mut st = self.lock();
+            st.jobs_done += 1;
+            if let Some(c) = st.computations.get_mut(&job.compute_id) {
+                if reply.status == status::FINISHED {
+                    c.tally.finished += 1;
+                } else {
+                    c.tally.terminated += 1;
+                    c.tally.killed += u64::from(killed);
+                }
             }
         }
         // Per job at debug (see `JobTally`); a job the node killed is worth an operator's look.
@@ -983,6 +987,7 @@ impl Node {
             let _ =
                 tokio::time::timeout(Duration::from_secs(10), self.close_computation(cid)).await;
         }
+        self.log_suppressed();
         tracing::info!("dispynode stopped");
     }
 }

@@ -6,6 +6,7 @@ mod chunk_writer;
 mod discovery;
 mod jobs;
 pub mod leftovers;
+mod log_limit;
 mod requests;
 mod spawning;
 mod timers;
@@ -132,6 +133,8 @@ pub(crate) struct RunningJob {
 
 pub(crate) struct State {
     pub avail_cpus: usize,
+    /// Job replies sent or saved since the node started (for `STATUS=`).
+    pub jobs_done: u64,
     /// The one scheduler (ip, port) served at a time (§4.6).
     pub scheduler: Option<(String, u16)>,
     /// Where unsolicited announcements go: the configured scheduler port, then the last client's.
@@ -169,6 +172,8 @@ pub struct Node {
     pub(crate) tls: Option<crate::tls::Tls>,
     /// Processes we started, for `--clean` after a crash.
     pub(crate) procs: leftovers::ProcRecords,
+    /// Caps the log lines of refused connections (see `log_limit`).
+    log_limit: Mutex<log_limit::LogLimiter>,
     _lock: leftovers::StateLock,
     /// One resend pass at a time, so a result is never pushed twice at once.
     pub(crate) resending: tokio::sync::Mutex<()>,
@@ -285,11 +290,39 @@ impl Node {
                 jobs_running: st.jobs.len(),
                 cpus_free: st.avail_cpus,
                 cpus: self.cfg.cpus,
+                jobs_done: st.jobs_done,
             }
             .to_string()
         };
         self.notifier.status(&status);
         self.notifier.watchdog();
+        self.log_suppressed();
+    }
+
+    /// Whether a line of a kind that peers without the secret can cause may be logged now
+    /// (`log_limit`); `kind` is the line's message.
+    pub(crate) fn may_log(&self, kind: &'static str) -> bool {
+        self.log_limit
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .admit(kind, std::time::Instant::now())
+    }
+
+    /// One line per kind for the lines `may_log` held back since the last call.
+    pub(crate) fn log_suppressed(&self) {
+        let counts = self
+            .log_limit
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take_suppressed();
+        for (kind, n) in counts {
+            tracing::warn!(
+                suppressed = n,
+                kind,
+                "{n} more lines like \"{kind}\" not logged (at most {} a minute each)",
+                log_limit::BURST
+            );
+        }
     }
 
     /// Asks the node to stop (after the current request).
@@ -645,6 +678,7 @@ pub async fn serve(p: Prepared) -> Result<(), NodeError> {
     let node = Arc::new(Node {
         state: Mutex::new(State {
             avail_cpus: cfg.cpus,
+            jobs_done: 0,
             scheduler: None,
             announce_port: cfg.scheduler_port,
             last_scheduler_ip: None,
@@ -656,6 +690,7 @@ pub async fn serve(p: Prepared) -> Result<(), NodeError> {
         }),
         results: Arc::new(results),
         procs,
+        log_limit: Default::default(),
         tls,
         pong_slots: Arc::new(tokio::sync::Semaphore::new(
             crate::limits::MAX_PONGS_IN_FLIGHT,

@@ -34,7 +34,10 @@ impl Node {
         let mut s: Conn = match crate::tls::accept(self.tls.as_ref(), tcp, t).await {
             Ok(s) => s,
             Err(e) => {
-                tracing::info!(client = %peer, error = %e, "refused connection: TLS handshake failed");
+                const KIND: &str = "refused connection: TLS handshake failed";
+                if self.may_log(KIND) {
+                    tracing::info!(client = %peer, error = %e, "{KIND}");
+                }
                 return;
             }
         };
@@ -52,7 +55,10 @@ impl Node {
         let msg = match net::read_frame(&mut s, limit, t).await {
             Ok(m) => m,
             Err(e) => {
-                tracing::info!(client = %peer, authenticated = authed, error = %e, "refused request: unreadable frame");
+                const KIND: &str = "refused request: unreadable frame";
+                if self.may_log(KIND) {
+                    tracing::info!(client = %peer, authenticated = authed, error = %e, "{KIND}");
+                }
                 return;
             }
         };
@@ -61,7 +67,10 @@ impl Node {
             if tag == b"PING" {
                 self.on_ping(body, peer.ip().to_canonical());
             } else {
-                tracing::warn!(client = %peer, request = %String::from_utf8_lossy(&tag[..tag.len().min(20)]), "refused request: wrong auth (secret mismatch?)");
+                const KIND: &str = "refused request: wrong auth (secret mismatch?)";
+                if self.may_log(KIND) {
+                    tracing::warn!(client = %peer, request = %String::from_utf8_lossy(&tag[..tag.len().min(20)]), "{KIND}");
+                }
             }
             return;
         }

@@ -45,6 +45,9 @@ check "service active (Type=notify READY=1 accepted)" test "$(systemctl is-activ
 echo "--- status"
 systemctl status dispynode.service --no-pager | head -12
 check "STATUS= shown" bash -c 'systemctl show dispynode -p StatusText | grep -q "CPUs free"'
+# Jobs are logged one by one only at debug level; STATUS= (updated every few seconds) counts them.
+check "STATUS= counts the jobs done" bash -c 'for i in $(seq 1 20); do
+  systemctl show dispynode -p StatusText | grep -q "jobs done since start" && exit 0; sleep 0.5; done; exit 1'
 systemctl show dispynode -p MainPID -p StatusText -p NRestarts -p ControlGroup -p WatchdogUSec
 echo "--- journal fields"
 journalctl -u dispynode --no-pager -o cat | tail -15
