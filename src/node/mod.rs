@@ -106,7 +106,7 @@ pub(crate) struct JobTally {
     pub finished: u64,
     /// Status Terminated: the function raised, the client terminated it, or the node killed it.
     pub terminated: u64,
-    /// Of those, killed by the node for a limit (memory, pids, time).
+    /// Of those, ended by a cgroup limit (job_memory_max, job_pids_max).
     pub killed: u64,
 }
 
