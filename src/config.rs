@@ -783,7 +783,12 @@ pub enum Command {
     /// Run the node with this configuration.
     Run(Box<Config>),
     /// Write `toml` to `path` (standard output when `None`) and exit; see [`write_config`].
-    SaveConfig { toml: String, path: Option<PathBuf> },
+    /// `private`: the TOML holds the secret itself (not the name of a file with it).
+    SaveConfig {
+        toml: String,
+        path: Option<PathBuf>,
+        private: bool,
+    },
 }
 
 /// Written by hand so that the saved TOML, which may hold the secret, is not printed.
@@ -791,10 +796,15 @@ impl fmt::Debug for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Command::Run(config) => f.debug_tuple("Run").field(config).finish(),
-            Command::SaveConfig { toml, path } => f
+            Command::SaveConfig {
+                toml,
+                path,
+                private,
+            } => f
                 .debug_struct("SaveConfig")
                 .field("toml", &format_args!("<{} bytes>", toml.len()))
                 .field("path", path)
+                .field("private", private)
                 .finish(),
         }
     }
@@ -802,11 +812,14 @@ impl fmt::Debug for Command {
 
 /// Writes a saved configuration to `path`, or to standard output when `path` is `None`.
 ///
-/// The file is made readable by its owner only (0600), because it usually holds the secret.
+/// With `private` (the TOML holds the secret) the file is made readable by its owner only
+/// (0600), an existing one too, before the secret is written into it. Otherwise a new file gets
+/// the umask's mode and an existing one keeps its own: the packaged service reads its 0644
+/// root-owned configuration as the unprivileged `dispynode` user.
 ///
 /// # Errors
 /// Any I/O error from creating, writing or syncing the file, or from writing standard output.
-pub fn write_config(toml: &str, path: Option<&Path>) -> io::Result<()> {
+pub fn write_config(toml: &str, path: Option<&Path>, private: bool) -> io::Result<()> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     match path {
         None => {
@@ -815,14 +828,17 @@ pub fn write_config(toml: &str, path: Option<&Path>) -> io::Result<()> {
             out.flush()
         }
         Some(path) => {
-            let mut file = fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(path)?;
-            // `mode` only applies to a new file; tighten an existing one too.
-            file.set_permissions(fs::Permissions::from_mode(0o600))?;
+            let mut options = fs::OpenOptions::new();
+            options.write(true).create(true).truncate(true);
+            if private {
+                options.mode(0o600);
+            }
+            let mut file = options.open(path)?;
+            if private {
+                // `mode` only applies to a new file; tighten an existing one too (it is empty
+                // now: truncated before anything secret is in it).
+                file.set_permissions(fs::Permissions::from_mode(0o600))?;
+            }
             file.write_all(toml.as_bytes())?;
             file.sync_all()
         }
@@ -888,6 +904,7 @@ where
         Some(path) => Command::SaveConfig {
             toml: config.to_toml(),
             path,
+            private: config.secret_file.is_none() && !config.secret.is_empty(),
         },
         None => Command::Run(Box::new(config)),
     })
@@ -2247,7 +2264,7 @@ python = "/usr/bin/python3"
 
     fn save(args: &[&str], cpus: usize) -> (String, Option<PathBuf>) {
         match parse_args_with(argv(args), cpus, &no_env) {
-            Ok(Command::SaveConfig { toml, path }) => (toml, path),
+            Ok(Command::SaveConfig { toml, path, .. }) => (toml, path),
             Ok(Command::Run(c)) => panic!("expected SaveConfig, got {c:?}"),
             Err(e) => panic!("{args:?} refused: {e}"),
         }
@@ -2273,15 +2290,39 @@ python = "/usr/bin/python3"
     }
 
     #[test]
-    fn write_config_creates_a_private_file() {
+    fn write_config_makes_a_file_with_the_secret_private() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().expect("tempdir");
+        let mode = |p: &Path| fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+        // an existing file with the secret is tightened
         let path = write(dir.path(), "out.toml", "old contents that are longer\n");
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).expect("chmod");
-        write_config("a = 1\n", Some(&path)).expect("write");
+        write_config("a = 1\n", Some(&path), true).expect("write");
         assert_eq!(fs::read_to_string(&path).expect("read"), "a = 1\n");
-        let mode = fs::metadata(&path).expect("stat").permissions().mode();
-        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(mode(&path), 0o600);
+        // a new one is made private
+        let new = dir.path().join("new.toml");
+        write_config("a = 1\n", Some(&new), true).expect("write");
+        assert_eq!(mode(&new), 0o600);
+        // without the secret an existing file keeps its mode
+        let open = write(dir.path(), "open.toml", "x\n");
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o640)).expect("chmod");
+        write_config("b = 2\n", Some(&open), false).expect("write");
+        assert_eq!(fs::read_to_string(&open).expect("read"), "b = 2\n");
+        assert_eq!(mode(&open), 0o640);
+    }
+
+    #[test]
+    fn only_a_secret_given_inline_makes_the_saved_file_private() {
+        let private = |args: &[&str]| match parse_args_with(argv(args), 4, &no_env) {
+            Ok(Command::SaveConfig { private, .. }) => private,
+            other => panic!("unexpected {other:?}"),
+        };
+        assert!(private(&["--secret", "abc", "--save_config"]));
+        assert!(!private(&["--save_config"]));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = write(dir.path(), "secret", "abc\n");
+        assert!(!private(&["--secret_file", s(&file), "--save_config"]));
     }
 
     /// Saves with `args`, reads the result back with `--config`, and checks that the same
@@ -2291,7 +2332,9 @@ python = "/usr/bin/python3"
         let mut save_args = args.to_vec();
         save_args.push("--save_config");
         let toml = match parse_args_with(argv(&save_args), cpus, env) {
-            Ok(Command::SaveConfig { toml, path: None }) => toml,
+            Ok(Command::SaveConfig {
+                toml, path: None, ..
+            }) => toml,
             other => panic!("unexpected {other:?}"),
         };
         assert_eq!(toml, original.to_toml());

@@ -30,7 +30,11 @@ fn main() -> ExitCode {
     }
     let cfg = match config::parse_args(argv) {
         Ok(Command::Run(cfg)) => cfg,
-        Ok(Command::SaveConfig { toml, path }) => return save_config(&toml, path.as_deref()),
+        Ok(Command::SaveConfig {
+            toml,
+            path,
+            private,
+        }) => return save_config(&toml, path.as_deref(), private),
         Err(ConfigError::Clap(e)) => e.exit(),
         Err(e) => {
             eprintln!("dispynode: {e}");
@@ -71,21 +75,29 @@ fn main() -> ExitCode {
     }
 }
 
-fn save_config(toml: &str, path: Option<&std::path::Path>) -> ExitCode {
-    match path {
-        None => {
-            print!("{toml}");
-            ExitCode::SUCCESS
-        }
-        Some(p) => match std::fs::write(p, toml) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
+fn save_config(toml: &str, path: Option<&std::path::Path>, private: bool) -> ExitCode {
+    match config::write_config(toml, path, private) {
+        Ok(()) => {
+            if let (Some(p), true) = (path, private) {
+                // The packaged service reads its configuration as the `dispynode` user, which
+                // cannot read a private root-owned file; its secret belongs in the credential.
                 eprintln!(
-                    "dispynode: cannot write --save_config file {}: {e}",
+                    "dispynode: {} holds the secret, so only its owner may read it (mode 0600); \
+                     the packaged service takes its secret from /etc/dispynode/secret instead",
                     p.display()
                 );
-                ExitCode::from(2)
             }
-        },
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            match path {
+                Some(p) => eprintln!(
+                    "dispynode: cannot write --save_config file {}: {e}",
+                    p.display()
+                ),
+                None => eprintln!("dispynode: cannot write the configuration: {e}"),
+            }
+            ExitCode::from(2)
+        }
     }
 }

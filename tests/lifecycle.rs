@@ -1349,6 +1349,40 @@ fn save_config_round_trip() {
         toml_sets(&text, "cpus", "1") && toml_sets(&text, "zombie_interval", "10"),
         "the saved configuration lacks cpus = 1 / zombie_interval = 10:\n{text}"
     );
+    {
+        // Without a secret in it, the file is as the umask makes it (the packaged service
+        // reads its root-owned configuration as its own user); with one, only its owner may
+        // read it, also when it existed before, readable by all.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(
+            mode(&conf) & 0o044,
+            0o044,
+            "a configuration without the secret was saved private"
+        );
+        let with_secret = dir.path().join("with-secret.toml");
+        fs::write(&with_secret, "old\n").expect("write");
+        fs::set_permissions(&with_secret, fs::Permissions::from_mode(0o644)).expect("chmod");
+        let (st, _, err) = run_binary(
+            &[
+                "--secret",
+                "s3cret",
+                "--save_config",
+                with_secret.to_str().unwrap(),
+            ],
+            dir.path(),
+        );
+        let text = fs::read_to_string(&with_secret).expect("the saved configuration file");
+        assert!(
+            st.is_some_and(|s| s.success())
+                && toml_sets(&text, "secret", "\"s3cret\"")
+                && mode(&with_secret) == 0o600
+                && err.contains("0600"),
+            "--secret with --save_config FILE: status {st:?}, mode {:o} (want 600), \
+             stderr {err}:\n{text}",
+            mode(&with_secret)
+        );
+    }
     let (st, out, err) = run_binary(&["--cpus", "1", "--save_config"], dir.path());
     assert!(
         st.is_some_and(|s| s.success()) && toml_sets(&out, "cpus", "1"),
