@@ -641,6 +641,8 @@ pub struct Config {
     pub secret: String,
     /// File the secret was read from (`--secret_file` or the systemd credential).
     pub secret_file: Option<PathBuf>,
+    /// Where the secret came from.
+    pub secret_source: SecretSource,
     /// Root directory for files sent by clients.
     pub dest_path_prefix: PathBuf,
     /// Directory for persistent node state (undelivered results, ...).
@@ -703,6 +705,7 @@ impl fmt::Debug for Config {
             .field("name", &self.name)
             .field("secret", &secret)
             .field("secret_file", &self.secret_file)
+            .field("secret_source", &self.secret_source)
             .field("dest_path_prefix", &self.dest_path_prefix)
             .field("state_dir", &self.state_dir)
             .field("scheduler_node", &self.scheduler_node)
@@ -728,7 +731,68 @@ impl fmt::Debug for Config {
     }
 }
 
+/// Where the shared secret came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretSource {
+    /// No secret.
+    None,
+    /// `--secret` on the command line.
+    CommandLine,
+    /// `secret = ...` in the `--config` file.
+    ConfigFile,
+    /// `--secret_file` / `secret_file`, or the systemd credential.
+    File,
+}
+
 impl Config {
+    /// Where this configuration leaves the secret or the TLS key readable by every user of the
+    /// host, each as a sentence for the log (checked once at start: the daemon warns, it does
+    /// not refuse, as the reference runs with whatever it is given). Group-readable is fine:
+    /// `root:dispynode 0640` is how a service user is let read a key.
+    pub fn exposed_secrets(&self) -> Vec<String> {
+        let world_readable = |p: &Path| {
+            use std::os::unix::fs::PermissionsExt;
+            fs::metadata(p)
+                .ok()
+                .map(|m| m.permissions().mode() & 0o7777)
+                .filter(|mode| mode & 0o004 != 0)
+        };
+        let mut found = Vec::new();
+        let mut file = |what: &str, path: &Path, fix: &str| {
+            if let Some(mode) = world_readable(path) {
+                found.push(format!(
+                    "{what} {} is readable by every user of this host (mode {mode:04o}){fix}",
+                    path.display()
+                ));
+            }
+        };
+        let secret_fix = ": chmod o-r it, or use the dispynode-secret credential";
+        // An empty secret is no secret: nothing to expose.
+        let source = match self.secret.is_empty() {
+            true => SecretSource::None,
+            false => self.secret_source,
+        };
+        match (source, &self.secret_file, &self.config_file) {
+            (SecretSource::File, Some(p), _) => file("the secret file", p, secret_fix),
+            (SecretSource::ConfigFile, _, Some(p)) => {
+                file("the configuration file holding the secret,", p, secret_fix)
+            }
+            _ => {}
+        }
+        // Without --keyfile the key is read from the certfile.
+        if let Some(p) = self.keyfile.as_ref().or(self.certfile.as_ref()) {
+            file("the TLS key file", p, ": chmod o-r it");
+        }
+        if source == SecretSource::CommandLine {
+            found.push(
+                "the secret was given with --secret: every user of this host can read it in the \
+                 process list; use --secret_file or the dispynode-secret credential"
+                    .to_owned(),
+            );
+        }
+        found
+    }
+
     /// The configuration as TOML, as `--save_config` writes it: every option with its effective
     /// value, except options that are unset (TOML has no null) and `secret` when the secret came
     /// from a file (the file is named instead, so the secret is not copied around).
@@ -987,7 +1051,7 @@ fn resolve(
         DEFAULT_SCHEDULER_PORT,
     )?;
 
-    let (secret, secret_file) = secret(
+    let (secret, secret_file, secret_source) = secret(
         cli.secret,
         cli.secret_file,
         f.secret,
@@ -1148,6 +1212,7 @@ fn resolve(
         name,
         secret,
         secret_file,
+        secret_source,
         dest_path_prefix,
         state_dir,
         scheduler_node,
@@ -1274,13 +1339,14 @@ fn secret(
     file_secret_file: Option<PathBuf>,
     fp: Option<&Path>,
     env: &dyn Fn(&str) -> Option<String>,
-) -> Result<(String, Option<PathBuf>), ConfigError> {
+) -> Result<(String, Option<PathBuf>, SecretSource), ConfigError> {
+    let from_file = |(s, p)| (s, Some(p), SecretSource::File);
     // clap already refuses both on the command line.
     if let Some(s) = cli_secret {
-        return Ok((s, None));
+        return Ok((s, None, SecretSource::CommandLine));
     }
     if let Some(p) = cli_secret_file {
-        return read_secret(&p, Origin::Cli).map(|(s, p)| (s, Some(p)));
+        return read_secret(&p, Origin::Cli).map(from_file);
     }
     if let Some(path) = fp {
         match (file_secret, file_secret_file) {
@@ -1291,10 +1357,8 @@ fn secret(
                     "conflicts with `secret` in the same file; give only one",
                 ))
             }
-            (Some(s), None) => return Ok((s, None)),
-            (None, Some(p)) => {
-                return read_secret(&p, Origin::File(path)).map(|(s, p)| (s, Some(p)))
-            }
+            (Some(s), None) => return Ok((s, None, SecretSource::ConfigFile)),
+            (None, Some(p)) => return read_secret(&p, Origin::File(path)).map(from_file),
             (None, None) => {}
         }
     }
@@ -1308,10 +1372,10 @@ fn secret(
                 path: path.clone(),
                 source,
             })?;
-            return Ok((strip_newline(text), Some(path)));
+            return Ok((strip_newline(text), Some(path), SecretSource::File));
         }
     }
-    Ok((String::new(), None))
+    Ok((String::new(), None, SecretSource::None))
 }
 
 fn read_secret(path: &Path, origin: Origin<'_>) -> Result<(String, PathBuf), ConfigError> {
@@ -2290,6 +2354,65 @@ python = "/usr/bin/python3"
     }
 
     #[test]
+    fn secrets_readable_by_every_user_are_named() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let chmod = |p: &Path, mode| {
+            fs::set_permissions(p, fs::Permissions::from_mode(mode)).expect("chmod")
+        };
+        let secret = write(dir.path(), "secret", "abc\n");
+        let conf = write(dir.path(), "c.toml", "secret = \"abc\"\n");
+        let key = write(dir.path(), "key.pem", "not parsed here\n");
+        let exposed = |args: &[&str]| run(args).exposed_secrets();
+
+        chmod(&secret, 0o644);
+        let found = exposed(&["--secret_file", s(&secret)]);
+        assert!(
+            found.len() == 1 && found[0].contains("secret file") && found[0].contains("0644"),
+            "{found:?}"
+        );
+        // group-readable is how a service user is let read it
+        chmod(&secret, 0o640);
+        assert!(exposed(&["--secret_file", s(&secret)]).is_empty());
+
+        chmod(&conf, 0o604);
+        let found = exposed(&["--config", s(&conf)]);
+        assert!(
+            found.len() == 1 && found[0].contains("configuration file holding the secret"),
+            "{found:?}"
+        );
+        chmod(&conf, 0o600);
+        assert!(exposed(&["--config", s(&conf)]).is_empty());
+        // a world-readable configuration without the secret is fine (the packaged one)
+        let plain = write(dir.path(), "plain.toml", "cpus = 1\n");
+        chmod(&plain, 0o644);
+        assert!(exposed(&["--config", s(&plain), "--secret_file", s(&secret)]).is_empty());
+
+        let found = exposed(&["--secret", "abc"]);
+        assert!(
+            found.len() == 1 && found[0].contains("process list"),
+            "{found:?}"
+        );
+        assert!(exposed(&[]).is_empty());
+        assert!(exposed(&["--secret", ""]).is_empty());
+
+        chmod(&key, 0o644);
+        let found = exposed(&["--certfile", s(&key), "--keyfile", s(&key)]);
+        assert!(
+            found.len() == 1 && found[0].contains("TLS key file"),
+            "{found:?}"
+        );
+        // without --keyfile the key is in the certfile
+        let found = exposed(&["--certfile", s(&key)]);
+        assert!(
+            found.len() == 1 && found[0].contains("TLS key file"),
+            "{found:?}"
+        );
+        chmod(&key, 0o600);
+        assert!(exposed(&["--certfile", s(&key)]).is_empty());
+    }
+
+    #[test]
     fn write_config_makes_a_file_with_the_secret_private() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().expect("tempdir");
@@ -2344,6 +2467,8 @@ python = "/usr/bin/python3"
             .unwrap_or_else(|e| panic!("saved file refused: {e}\n{toml}"));
         assert_eq!(reread.config_file.as_deref(), Some(saved.as_path()));
         reread.config_file = original.config_file.clone();
+        // Where the secret came from differs by design (now the file, or its secret_file).
+        reread.secret_source = original.secret_source;
         assert_eq!(reread, original, "\n{toml}");
         // Saving again gives the same text.
         assert_eq!(reread.to_toml(), toml);

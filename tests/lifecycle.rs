@@ -1237,7 +1237,8 @@ fn sigterm_mid_job_leaves_no_process() {
 // 11. --secret_file
 
 /// The secret read from a file (with its trailing newline), given as
-/// `--secret_file` and as `secret_file` in the configuration file.
+/// `--secret_file` and as `secret_file` in the configuration file; a secret file
+/// that every user can read is named in a warning.
 #[test]
 fn secret_file_option_and_config_key() {
     if skip_under_reference("the reference has no secret_file option") {
@@ -1259,8 +1260,15 @@ fn secret_file_option_and_config_key() {
     );
     node.assert_run(&run, &["no_reply", "not_run", "no_node"]);
     node.assert_alive();
+    let exposed = "is readable by every user of this host";
+    node.ensure(
+        !node.log().contains(exposed),
+        "no warning about a secret file that only its owner can read",
+    );
     drop(node);
 
+    // Readable by all: the node still starts, and says so.
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o644)).unwrap();
     let conf = dir.path().join("node.toml");
     fs::write(
         &conf,
@@ -1271,6 +1279,11 @@ fn secret_file_option_and_config_key() {
     let run = node.run("life_basic", &["--secret", "f1le-s3cret"]);
     node.assert_run(&run, &["replied", "results", "closed"]);
     node.assert_alive();
+    let warning = format!("the secret file {} {exposed} (mode 0644)", secret.display());
+    node.ensure(
+        node.log().contains(&warning),
+        &format!("the log warns: {warning}"),
+    );
 }
 
 // ===========================================================================

@@ -532,6 +532,9 @@ pub fn prepare(cfg: Config) -> Result<Prepared, NodeError> {
     let prefix = cfg.dest_path_prefix.clone();
     let account = target_account(&cfg)?;
     let owner = account.as_ref().map(|a| (a.2, a.3));
+    for exposed in cfg.exposed_secrets() {
+        tracing::warn!("{exposed}");
+    }
     make_owned_dir(&prefix, 0o711, owner)?;
     make_owned_dir(&cfg.state_dir, 0o700, owner)?;
     let tls = match &cfg.certfile {
