@@ -709,6 +709,82 @@ fn refused_connections_are_logged_at_most_twenty_a_minute() {
     normal_job_and_finish(&mut node, &base, "log-limit");
 }
 
+/// A PONG carries sha1(secret + the PING's sign). A PING that carries the node's own sign (read
+/// from any earlier PONG) would make the PONG carry the node's auth code, and with it a peer
+/// without the secret could run code on the node. Such PINGs, by UDP and by TCP, are refused
+/// and logged; PINGs with signs of their own are answered as before, and the secret still
+/// guards the node.
+#[test]
+fn ping_with_the_nodes_own_sign_is_refused() {
+    const SECRET: &str = "s3cret-not-known";
+    if skip_under_reference("the reference answers such a PING with its auth code") {
+        return;
+    }
+    let mut node = Node::start_with(NodeOpts {
+        secret: Some(SECRET.into()),
+        ..NodeOpts::default()
+    });
+    let base = Baseline::take(&node);
+    // What an attacker learns from any PONG: the node's sign (the PONG's auth is of no use).
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind the PONG listener");
+    let port = l.local_addr().expect("addr").port();
+    let u = UdpSocket::bind("127.0.0.1:0").expect("udp");
+    let ping = |sign: &str| message("PING", &ping_value(sign, port, &["127.0.0.1".into()]));
+    u.send_to(&ping(&random_sign()), node_addr(&node))
+        .expect("send PING");
+    let pong = accept_frame(&l, Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("no PONG within 20 s\n{}", node.log_tail()));
+    let v = pickle::decode(pong.strip_prefix(b"PONG:".as_slice()).expect("a PONG"))
+        .expect("PONG pickle");
+    let node_sign = v
+        .get("sign")
+        .and_then(Value::as_str)
+        .expect("PONG sign")
+        .to_owned();
+    let node_auth = auth::auth_code(SECRET, &node_sign);
+
+    // The probe, by UDP and by TCP (any prefix: PINGs are served unauthenticated).
+    u.send_to(&ping(&node_sign), node_addr(&node))
+        .expect("send PING");
+    let mut s = connect(&node);
+    s.write_all(&[b'x'; AUTH_LEN]).expect("send prefix");
+    s.write_all(&framed(&ping(&node_sign))).expect("send PING");
+    drop(s);
+    if let Some(pong) = accept_frame(&l, Duration::from_secs(4)) {
+        let leaked = pickle::decode(pong.strip_prefix(b"PONG:".as_slice()).unwrap_or(&pong))
+            .ok()
+            .and_then(|v| v.get("auth").and_then(Value::as_bytes).map(<[u8]>::to_vec));
+        node.ensure(
+            false,
+            &format!(
+                "a PING with the node's own sign was answered; its auth is the node's auth \
+                 code: {}",
+                leaked.as_deref() == Some(node_auth.as_slice())
+            ),
+        );
+    }
+    let kind = "refused PING carrying this node's own sign";
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while node.log().matches(kind).count() < 2 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(50));
+    }
+    node.ensure(
+        node.log().matches(kind).count() == 2,
+        &format!("two lines {kind:?} in the log (UDP and TCP)"),
+    );
+    // Control: a PING with a sign of its own is still answered (a real client's discovery).
+    u.send_to(&ping(&random_sign()), node_addr(&node))
+        .expect("send PING");
+    node.ensure(
+        accept_frame(&l, Duration::from_secs(20)).is_some(),
+        "a PING with a sign of its own got no PONG",
+    );
+    // And the secret still works for the stock client.
+    let run = run_against(&node, "hostile_job", &["4", SECRET, "own-sign"]);
+    run.assert_checks(&node, &JOB_CHECKS);
+    finish(&mut node, &base);
+}
+
 /// Random bytes, with no prefix, a wrong one and the right one, are dropped without harm.
 #[test]
 fn random_bytes() {

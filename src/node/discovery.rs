@@ -61,6 +61,17 @@ impl Node {
             tracing::debug!(client = %src, "ignored relayed PING without sign");
             return;
         };
+        // A PONG carries sha1(secret + the PING's sign): with this node's own sign, that is
+        // the auth code of every request to it, which a peer without the secret would learn
+        // from one datagram (the reference answers it). Real clients send signs of their own.
+        if client_sign == self.sign {
+            const KIND: &str =
+                "refused PING carrying this node's own sign (a probe for its auth code)";
+            if self.may_log(KIND) {
+                tracing::warn!(client = %src, "{KIND}");
+            }
+            return;
+        }
         {
             let st = self.lock();
             // One scheduler at a time: a busy node stays silent (§2.3.1, G12).
