@@ -1386,7 +1386,20 @@ fn read_secret(path: &Path, origin: Origin<'_>) -> Result<(String, PathBuf), Con
         file: origin.file(),
         source,
     })?;
-    Ok((strip_newline(text), path))
+    let secret = strip_newline(text);
+    // An empty file (a failed `echo $S > file`) would silently serve without any secret.
+    if secret.is_empty() {
+        return Err(invalid(
+            "secret_file",
+            origin,
+            format!(
+                "{} is empty: a node given a secret file must have a secret (for none, give no \
+                 secret file)",
+                path.display()
+            ),
+        ));
+    }
+    Ok((secret, path))
 }
 
 /// Strips one line terminator, as `echo secret > file` adds; anything else is part of the secret.
@@ -2410,6 +2423,29 @@ python = "/usr/bin/python3"
         );
         chmod(&key, 0o600);
         assert!(exposed(&["--certfile", s(&key)]).is_empty());
+    }
+
+    #[test]
+    fn an_empty_secret_file_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for text in ["", "\n", "\r\n"] {
+            let f = write(dir.path(), "secret", text);
+            let e = err(&["--secret_file", s(&f)]).to_string();
+            assert!(
+                e.contains("secret_file") && e.contains("is empty"),
+                "{text:?}: {e}"
+            );
+            let conf = write(
+                dir.path(),
+                "c.toml",
+                &format!("secret_file = \"{}\"\n", f.display()),
+            );
+            let e = err(&["--config", s(&conf)]).to_string();
+            assert!(e.contains("is empty"), "{text:?} from the file: {e}");
+        }
+        // A secret of spaces is a secret.
+        let f = write(dir.path(), "secret", " \n");
+        assert_eq!(run(&["--secret_file", s(&f)]).secret, " ");
     }
 
     #[test]

@@ -1,5 +1,4 @@
-//! Every bound on what a peer can make the node spend, in one place (documented in the
-//! README's Security section).
+//! Every bound on what a peer can make the node spend, in one place.
 
 use std::time::Duration;
 
@@ -26,6 +25,14 @@ pub const MAX_PONGS_IN_FLIGHT: usize = 32;
 pub const MAX_PATH_COMPONENTS: usize = 32;
 /// Connections served at once; further ones wait in the kernel's backlog.
 pub const MAX_CONNECTIONS: usize = 1024;
+/// Connections from one source (an IPv4 address, an IPv6 /64) that have not yet shown the
+/// auth prefix; a newer one closes the oldest of them (`node::unauth_limit`). A real client
+/// sends its prefix right after connecting; a peer without the secret could otherwise hold
+/// every connection slot.
+pub const MAX_UNAUTH_PER_SOURCE: usize = 128;
+/// Connections of all sources before their auth prefix; the rest of `MAX_CONNECTIONS` stays
+/// for clients that have authenticated.
+pub const MAX_UNAUTH_CONNECTIONS: usize = MAX_CONNECTIONS * 3 / 4;
 /// Largest frame the Python worker may send (a job result travels in it).
 pub const MAX_WORKER_FRAME: usize = 1 << 30;
 /// How long a Python worker may take to start and compile a computation's code.

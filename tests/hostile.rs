@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use dispynode::limits::{MAX_PONG_TARGETS, MAX_REQUEST};
+use dispynode::limits::{MAX_PONG_TARGETS, MAX_REQUEST, MAX_UNAUTH_PER_SOURCE};
 use dispynode::protocol::auth;
 use dispynode::protocol::frame::{self, AUTH_LEN};
 use dispynode::protocol::pickle::{self, Value};
@@ -1458,6 +1458,66 @@ fn five_hundred_idle_connections() {
         fds <= fds0 + 16,
         &format!("the daemon holds {fds} descriptors, {fds0} before the idle connections"),
     );
+    finish(&mut node, &base);
+}
+
+/// Idle connections from one source that never send the auth prefix (slowloris): the node keeps
+/// at most MAX_UNAUTH_PER_SOURCE of them, closing the oldest as newer ones come, so one peer
+/// without the secret cannot hold the node's connection slots; a real client, which sends its
+/// prefix at once, is served meanwhile, also from the same address (five_hundred_idle_connections).
+#[test]
+fn idle_connections_from_one_source_are_capped() {
+    let Some((mut node, base)) = start(&["--msg_timeout", "20"]) else {
+        return;
+    };
+    const N: usize = 400;
+    let from = SocketAddr::from(([127, 0, 0, 2], 0));
+    let open_from = |src: SocketAddr| {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        s.bind(&src.into()).expect("bind 127.0.0.2");
+        s.connect_timeout(&node_addr(&node).into(), Duration::from_secs(5))
+            .expect("connect");
+        TcpStream::from(s)
+    };
+    let mut idle: Vec<TcpStream> = (0..N).map(|_| open_from(from)).collect();
+    for s in &idle {
+        s.set_nonblocking(true).expect("nonblocking");
+    }
+    // The node accepts them all at once (far below MAX_CONNECTIONS) and closes the oldest.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let still_open = |idle: &mut Vec<TcpStream>| {
+        let mut b = [0u8; 16];
+        idle.retain_mut(
+            |s| matches!(s.read(&mut b), Err(ref e) if e.kind() == ErrorKind::WouldBlock),
+        );
+        idle.len()
+    };
+    while still_open(&mut idle) > MAX_UNAUTH_PER_SOURCE && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(100));
+    }
+    node.ensure(
+        idle.len() == MAX_UNAUTH_PER_SOURCE,
+        &format!(
+            "{} of {N} idle connections from one source still open (want {MAX_UNAUTH_PER_SOURCE}, \
+             msg_timeout is 20 s)",
+            idle.len()
+        ),
+    );
+    node.ensure(
+        node.log()
+            .contains("closed the oldest connection still waiting for its auth prefix"),
+        "the log says why connections were closed",
+    );
+    // The newest are the ones kept: a real client is served while they are open.
+    let t0 = Instant::now();
+    normal_job(&node, "slowloris");
+    eprintln!(
+        "the normal job took {:?} next to {} idle connections",
+        t0.elapsed(),
+        idle.len()
+    );
+    drop(idle);
     finish(&mut node, &base);
 }
 

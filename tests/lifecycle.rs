@@ -1433,6 +1433,70 @@ fn save_config_round_trip() {
     node.assert_alive();
 }
 
+/// Started as root, the node gives its prefix and state directory to the account it drops
+/// to. An existing directory of another owner is taken only when it is empty and not shared:
+/// `--dest_path_prefix /tmp` (sticky, world-writable) or a directory full of someone else's
+/// files is refused, untouched; a regular file is not a directory.
+#[test]
+fn a_shared_or_full_directory_is_not_taken_over() {
+    if skip_under_reference("the reference does not drop privileges") {
+        return;
+    }
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIP: needs root (the take-over happens only when started as root)");
+        return;
+    }
+    let dir = temp_dir("dispynode-life-takeover-");
+    let base = dir.path();
+    let port = free_port_pair().to_string();
+    let common = ["-i", "127.0.0.1", "--node_port", port.as_str()];
+    let shared = base.join("shared");
+    fs::create_dir(&shared).unwrap();
+    fs::set_permissions(&shared, fs::Permissions::from_mode(0o1777)).unwrap();
+    let full = base.join("full");
+    fs::create_dir(&full).unwrap();
+    fs::write(full.join("someone-elses"), "x").unwrap();
+    let file = base.join("a-file");
+    fs::write(&file, "x").unwrap();
+    let stat = |p: &Path| {
+        use std::os::unix::fs::MetadataExt;
+        let m = fs::metadata(p).expect("stat");
+        (m.uid(), m.mode() & 0o7777)
+    };
+    let before = (stat(&shared), stat(&full));
+    let cases: [(&str, &Path, &str); 3] = [
+        (
+            "dest_path_prefix",
+            &shared,
+            "is shared (world-writable or sticky)",
+        ),
+        ("state_dir", &full, "is not empty"),
+        ("state_dir", &file, "is not a directory"),
+    ];
+    let own = base.join("own");
+    for (option, path, why) in cases {
+        let flag = format!("--{option}");
+        let mut args = common.to_vec();
+        args.extend([flag.as_str(), path.to_str().unwrap()]);
+        if option == "state_dir" {
+            args.extend(["--dest_path_prefix", own.to_str().unwrap()]);
+        }
+        let (st, _, err) = run_binary(&args, base);
+        assert!(
+            st.is_some_and(|s| !s.success())
+                && err.contains(&format!("--{option} {}", path.display()))
+                && err.contains(why),
+            "--{option} {} ({why}) was not refused: status {st:?}, stderr {err}",
+            path.display()
+        );
+    }
+    assert_eq!(
+        (stat(&shared), stat(&full)),
+        before,
+        "a refused directory's owner or mode changed"
+    );
+}
+
 /// Bad values exit with status 2 and a message naming the option, without
 /// starting: 0 or too many CPUs, a negative count that leaves none, a bad
 /// size suffix, a bad time, a negative zombie interval, an unknown key and a

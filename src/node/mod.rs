@@ -10,6 +10,7 @@ mod log_limit;
 mod requests;
 mod spawning;
 mod timers;
+mod unauth_limit;
 pub mod worker;
 
 use std::collections::HashMap;
@@ -60,6 +61,20 @@ pub enum NodeError {
     Privilege(#[from] crate::sandbox::PrivilegeError),
     #[error("started as root, but the account --user {user} / --group {group} does not exist")]
     Account { user: String, group: String },
+    #[error(
+        "--{option} {path} already exists, belongs to uid {uid} and {why}: the node, started as \
+         root, would give it to the account it drops to (uid {account}); name a directory of its \
+         own (the node creates it), or give this one to that account first"
+    )]
+    NotOurs {
+        option: &'static str,
+        path: PathBuf,
+        uid: u32,
+        why: &'static str,
+        account: u32,
+    },
+    #[error("--{option} {path} is not a directory")]
+    NotADirectory { option: &'static str, path: PathBuf },
 }
 
 /// One address the node serves on, and the address it announces for it (NAT: ext_ip_addr).
@@ -451,14 +466,48 @@ fn prefix_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> NodeErro
 }
 
 /// Makes `dir` (and missing parents) and, when we are root about to become `owner`, gives it
-/// to that account so the node can still write there after the drop.
+/// to that account so the node can still write there after the drop. An existing directory of
+/// another owner is taken over only when it is empty and not shared: `--dest_path_prefix /tmp`
+/// (sticky, world-writable) or `/etc` (full) would otherwise be chowned and chmodded, breaking
+/// the host.
 fn make_owned_dir(
+    option: &'static str,
     dir: &std::path::Path,
     mode: u32,
     owner: Option<(u32, u32)>,
 ) -> Result<(), NodeError> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(dir).map_err(prefix_err(dir))?;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    match std::fs::metadata(dir) {
+        Ok(md) if !md.is_dir() => {
+            return Err(NodeError::NotADirectory {
+                option,
+                path: dir.to_owned(),
+            })
+        }
+        Ok(md) => {
+            if let Some((uid, _)) = owner.filter(|(uid, _)| md.uid() != *uid) {
+                let shared = md.mode() & 0o1002 != 0;
+                let full = std::fs::read_dir(dir)
+                    .map_err(prefix_err(dir))?
+                    .next()
+                    .is_some();
+                if shared || full {
+                    return Err(NodeError::NotOurs {
+                        option,
+                        path: dir.to_owned(),
+                        uid: md.uid(),
+                        why: if shared {
+                            "is shared (world-writable or sticky)"
+                        } else {
+                            "is not empty"
+                        },
+                        account: uid,
+                    });
+                }
+            }
+        }
+        Err(_) => std::fs::create_dir_all(dir).map_err(prefix_err(dir))?,
+    }
     if let Some((uid, gid)) = owner {
         std::os::unix::fs::chown(dir, Some(uid), Some(gid)).map_err(prefix_err(dir))?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
@@ -535,8 +584,8 @@ pub fn prepare(cfg: Config) -> Result<Prepared, NodeError> {
     for exposed in cfg.exposed_secrets() {
         tracing::warn!("{exposed}");
     }
-    make_owned_dir(&prefix, 0o711, owner)?;
-    make_owned_dir(&cfg.state_dir, 0o700, owner)?;
+    make_owned_dir("dest_path_prefix", &prefix, 0o711, owner)?;
+    make_owned_dir("state_dir", &cfg.state_dir, 0o700, owner)?;
     let tls = match &cfg.certfile {
         Some(c) => Some(crate::tls::Tls::load(c, cfg.keyfile.as_deref())?),
         None => None,
@@ -725,9 +774,14 @@ pub async fn serve(p: Prepared) -> Result<(), NodeError> {
     );
 
     let slots = Arc::new(tokio::sync::Semaphore::new(crate::limits::MAX_CONNECTIONS));
+    let unauth = unauth_limit::UnauthLimit::new(
+        crate::limits::MAX_UNAUTH_PER_SOURCE,
+        crate::limits::MAX_UNAUTH_CONNECTIONS,
+    );
     for (i, l) in tcp.into_iter().enumerate() {
         let n = node.clone();
         let slots = slots.clone();
+        let unauth = unauth.clone();
         tokio::spawn(async move {
             // The watchdog is fed from the first accept loop itself: if serving wedges, systemd
             // notices and restarts us, rather than a side thread keeping a dead node "alive".
@@ -751,10 +805,17 @@ pub async fn serve(p: Prepared) -> Result<(), NodeError> {
                 };
                 match accepted {
                     Ok((s, peer)) => {
+                        let (ticket, evicted) = unauth.admit(peer.ip());
+                        if evicted > 0 {
+                            const KIND: &str = "closed the oldest connection still waiting for its auth prefix: too many waiting";
+                            if n.may_log(KIND) {
+                                tracing::warn!(client = %peer.ip().to_canonical(), "{KIND}");
+                            }
+                        }
                         let _ = s.set_nodelay(true);
                         let n = n.clone();
                         tokio::spawn(async move {
-                            n.serve_connection(s, peer).await;
+                            n.serve_connection(s, peer, ticket).await;
                             drop(permit);
                         });
                     }

@@ -27,32 +27,63 @@ type Conn = crate::tls::Stream;
 const INVALID_COMPUTE: &str = "Invalid computation request ignored";
 
 impl Node {
-    pub(crate) async fn serve_connection(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr) {
+    /// Serves one connection; `unauth` is its place among the connections not yet
+    /// authenticated, given up once its prefix is right. While it waits for that prefix, a
+    /// newer connection may evict it (see `unauth_limit`): it is closed then.
+    pub(crate) async fn serve_connection(
+        self: Arc<Self>,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        mut unauth: super::unauth_limit::Ticket,
+    ) {
         // Dual-stack sockets (systemd's) show IPv4 clients as ::ffff:a.b.c.d.
         let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
         let t = self.msg_timeout();
-        let mut s: Conn = match crate::tls::accept(self.tls.as_ref(), tcp, t).await {
-            Ok(s) => s,
-            Err(e) => {
-                const KIND: &str = "refused connection: TLS handshake failed";
-                if self.may_log(KIND) {
-                    tracing::info!(client = %peer, error = %e, "{KIND}");
+        let handshake = async {
+            let mut s: Conn = match crate::tls::accept(self.tls.as_ref(), tcp, t).await {
+                Ok(s) => s,
+                Err(e) => {
+                    const KIND: &str = "refused connection: TLS handshake failed";
+                    if self.may_log(KIND) {
+                        tracing::info!(client = %peer, error = %e, "{KIND}");
+                    }
+                    return None;
                 }
-                return;
+            };
+            let mut prefix = [0u8; AUTH_LEN];
+            if let Err(e) = net::read_exact(&mut s, &mut prefix, t).await {
+                tracing::debug!(client = %peer, error = %e, "connection dropped before the auth prefix");
+                return None;
             }
+            Some((s, prefix))
         };
-        let mut prefix = [0u8; AUTH_LEN];
-        if let Err(e) = net::read_exact(&mut s, &mut prefix, t).await {
-            tracing::debug!(client = %peer, error = %e, "connection dropped before the auth prefix");
-            return;
-        }
+        let evicted = |peer: SocketAddr| {
+            tracing::debug!(client = %peer, "connection closed before its auth prefix: a newer one took its place");
+        };
+        let (mut s, prefix) = tokio::select! {
+            r = handshake => match r {
+                Some(x) => x,
+                None => return,
+            },
+            _ = &mut unauth.evicted => return evicted(peer),
+        };
         let authed = same_auth(&prefix, &self.auth);
+        // Without the right prefix it may still send one PING, and stays evictable meanwhile.
+        let mut unauth = (!authed).then_some(unauth);
         let limit = if authed {
             MAX_REQUEST
         } else {
             MAX_UNAUTH_REQUEST
         };
-        let msg = match net::read_frame(&mut s, limit, t).await {
+        let read = net::read_frame(&mut s, limit, t);
+        let frame = match &mut unauth {
+            Some(ticket) => tokio::select! {
+                r = read => r,
+                _ = &mut ticket.evicted => return evicted(peer),
+            },
+            None => read.await,
+        };
+        let msg = match frame {
             Ok(m) => m,
             Err(e) => {
                 const KIND: &str = "refused request: unreadable frame";
