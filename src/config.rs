@@ -1162,8 +1162,15 @@ fn resolve(
         None => Ok(default.to_string()),
     };
     let python = text("python", pick(cli.python, f.python, fp), DEFAULT_PYTHON)?;
+    let user_given = cli.user.is_some() || f.user.is_some();
     let user = text("user", pick(cli.user, f.user, fp), DEFAULT_ACCOUNT)?;
-    let group = text("group", pick(cli.group, f.group, fp), DEFAULT_ACCOUNT)?;
+    let group = match pick(cli.group, f.group, fp) {
+        Some((g, o)) => word("group", g, o)?,
+        // `--user X` alone means X's own group, as for `su`/`runuser`; an unknown user keeps
+        // the default, and the start names the missing account.
+        None if user_given => primary_group(&user).unwrap_or_else(|| DEFAULT_ACCOUNT.into()),
+        None => DEFAULT_ACCOUNT.into(),
+    };
 
     let job_memory_max = match pick(cli.job_memory_max, f.job_memory_max.map(|s| s.0), fp) {
         Some((0, o)) => {
@@ -1400,6 +1407,12 @@ fn read_secret(path: &Path, origin: Origin<'_>) -> Result<(String, PathBuf), Con
         ));
     }
     Ok((secret, path))
+}
+
+/// The name of `user`'s primary group, if the user and that group exist.
+fn primary_group(user: &str) -> Option<String> {
+    let u = nix::unistd::User::from_name(user).ok()??;
+    Some(nix::unistd::Group::from_gid(u.gid).ok()??.name)
 }
 
 /// Strips one line terminator, as `echo secret > file` adds; anything else is part of the secret.
@@ -2423,6 +2436,27 @@ python = "/usr/bin/python3"
         );
         chmod(&key, 0o600);
         assert!(exposed(&["--certfile", s(&key)]).is_empty());
+    }
+
+    #[test]
+    fn user_alone_means_its_own_group() {
+        // root exists everywhere, its primary group is gid 0
+        let root_group = nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(0))
+            .expect("group lookup")
+            .expect("gid 0")
+            .name;
+        let c = run(&["--user", "root"]);
+        assert_eq!((c.user.as_str(), c.group.clone()), ("root", root_group));
+        let c = run(&["--user", "root", "--group", "nogroup"]);
+        assert_eq!(c.group, "nogroup");
+        let c = run(&[]);
+        assert_eq!(
+            (c.user.as_str(), c.group.as_str()),
+            (DEFAULT_ACCOUNT, DEFAULT_ACCOUNT)
+        );
+        // an unknown user keeps the default group; the start names the missing account
+        let c = run(&["--user", "no-such-user-here"]);
+        assert_eq!(c.group, DEFAULT_ACCOUNT);
     }
 
     #[test]

@@ -59,8 +59,12 @@ pub enum NodeError {
     Systemd(#[from] crate::systemd::SystemdError),
     #[error("dropping privileges: {0}")]
     Privilege(#[from] crate::sandbox::PrivilegeError),
-    #[error("started as root, but the account --user {user} / --group {group} does not exist")]
-    Account { user: String, group: String },
+    #[error("started as root, but {missing} does not exist (the account to drop to is --user {user} / --group {group})")]
+    Account {
+        user: String,
+        group: String,
+        missing: String,
+    },
     #[error(
         "--{option} {path} already exists, belongs to uid {uid} and {why}: the node, started as \
          root, would give it to the account it drops to (uid {account}); name a directory of its \
@@ -539,9 +543,15 @@ fn target_account(cfg: &Config) -> Result<Option<(String, String, u32, u32)>, No
             return Ok(Some(("nobody".into(), "nogroup".into(), uid, gid)));
         }
     }
+    let user_exists = matches!(nix::unistd::User::from_name(&cfg.user), Ok(Some(_)));
     Err(NodeError::Account {
         user: cfg.user.clone(),
         group: cfg.group.clone(),
+        missing: if user_exists {
+            format!("group {}", cfg.group)
+        } else {
+            format!("user {}", cfg.user)
+        },
     })
 }
 
