@@ -1132,13 +1132,34 @@ fn resolve(
         None => DEFAULT_MSG_TIMEOUT,
     };
 
-    let service_start = pick(cli.service_start, f.service_start, fp).map(|p| p.0);
+    let service_start_given = pick(cli.service_start, f.service_start, fp);
+    let service_start = service_start_given.map(|p| p.0);
     let service_stop = pick(cli.service_stop, f.service_stop, fp);
     let service_end = pick(cli.service_end, f.service_end, fp);
     if service_start.is_none() {
         for (option, given) in [("service_stop", service_stop), ("service_end", service_end)] {
             if let Some((_, o)) = given {
                 return Err(invalid(option, o, "requires --service_start"));
+            }
+        }
+    }
+    if let Some((start, start_origin)) = service_start_given {
+        // The window runs from start to stop/end, across midnight when they are earlier: a
+        // time equal to the start is a window of no time, and a start alone is no window.
+        if service_stop.is_none() && service_end.is_none() {
+            return Err(invalid(
+                "service_start",
+                start_origin,
+                "needs --service_stop or --service_end (the time the window closes)",
+            ));
+        }
+        for (option, given) in [("service_stop", service_stop), ("service_end", service_end)] {
+            if let Some((t, o)) = given.filter(|(t, _)| *t == start) {
+                return Err(invalid(
+                    option,
+                    o,
+                    format!("{t} is the same as --service_start: the node would never serve"),
+                ));
             }
         }
     }
@@ -1760,7 +1781,7 @@ mod tests {
             (
                 "service_start",
                 Some("17:00"),
-                vec![],
+                vec!["--service_end", "8:00"],
                 Box::new(|c| {
                     c.service_start
                         == Some(TimeOfDay {
@@ -2004,6 +2025,25 @@ mod tests {
         let c = run(&["--service_start", "17:00", "--service_end", "8:00"]);
         assert_eq!(c.service_end, Some(TimeOfDay { hour: 8, minute: 0 }));
         assert_eq!(c.service_stop, None);
+    }
+
+    #[test]
+    fn a_window_without_an_end_or_of_no_time_is_refused() {
+        let e = err(&["--service_start", "17:00"]);
+        assert_invalid(&e, "service_start");
+        assert!(
+            e.to_string()
+                .contains("needs --service_stop or --service_end"),
+            "{e}"
+        );
+        for option in ["--service_stop", "--service_end"] {
+            let e = err(&["--service_start", "8:00", option, "08:00"]);
+            assert_invalid(&e, &option[2..]);
+            assert!(e.to_string().contains("never serve"), "{e}");
+        }
+        // across midnight is a window
+        let c = run(&["--service_start", "17:00", "--service_stop", "6:00"]);
+        assert_eq!(c.service_stop, Some(TimeOfDay { hour: 6, minute: 0 }));
     }
 
     #[test]

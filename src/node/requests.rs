@@ -193,8 +193,12 @@ impl Node {
                     tracing::info!(client = %peer, computation = compute.id, "refused COMPUTE: already registered");
                     Some(Value::Int(0))
                 }
-                _ if st.serve == 0 || self.service() != super::timers::Service::Open => {
+                _ if st.serve == 0 => {
                     tracing::info!(client = %peer, "refused COMPUTE: serve limit reached");
+                    Some(Value::Int(-1))
+                }
+                _ if self.service() != super::timers::Service::Open => {
+                    tracing::info!(client = %peer, "refused COMPUTE: outside the service window");
                     Some(Value::Int(-1))
                 }
                 _ => None,
