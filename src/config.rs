@@ -1302,6 +1302,22 @@ fn addresses<'a>(
         if addrs[..i].contains(a) {
             return Err(invalid(option, origin, format!("{a} is listed twice")));
         }
+        if option == "ext_ip_addr" && (a.is_unspecified() || a.is_multicast()) {
+            return Err(invalid(
+                option,
+                origin,
+                format!("{a} is not an address clients can reach the node at"),
+            ));
+        }
+        // The wildcard already covers every address of its family: binding another one of
+        // that family too fails (the port is taken), with a misleading "address in use".
+        if a.is_unspecified() && addrs.iter().any(|b| b != a && b.is_ipv4() == a.is_ipv4()) {
+            return Err(invalid(
+                option,
+                origin,
+                format!("{a} serves every address already; give it alone"),
+            ));
+        }
     }
     Ok((addrs, origin))
 }
@@ -2025,6 +2041,25 @@ mod tests {
         let c = run(&["--service_start", "17:00", "--service_end", "8:00"]);
         assert_eq!(c.service_end, Some(TimeOfDay { hour: 8, minute: 0 }));
         assert_eq!(c.service_stop, None);
+    }
+
+    #[test]
+    fn wildcard_and_unreachable_addresses() {
+        assert_eq!(
+            run(&["-i", "0.0.0.0"]).ip_addr,
+            vec![IpAddr::from([0, 0, 0, 0])]
+        );
+        let e = err(&["-i", "127.0.0.2", "-i", "0.0.0.0"]);
+        assert_invalid(&e, "ip_addr");
+        assert!(e.to_string().contains("give it alone"), "{e}");
+        // another family is fine
+        run(&["-i", "0.0.0.0", "-i", "::1"]);
+        for bad in ["0.0.0.0", "224.0.0.1", "::"] {
+            assert_invalid(
+                &err(&["-i", "127.0.0.1", "--ext_ip_addr", bad]),
+                "ext_ip_addr",
+            );
+        }
     }
 
     #[test]

@@ -431,7 +431,13 @@ fn node_addrs(cfg: &Config) -> Vec<NodeAddr> {
         .enumerate()
         .map(|(i, ip)| NodeAddr {
             bind: *ip,
-            announce: cfg.ext_ip_addr.get(i).unwrap_or(ip).to_string(),
+            // `-i 0.0.0.0` is the default's wildcard: announced as the host's address, as
+            // clients cannot reach 0.0.0.0.
+            announce: match cfg.ext_ip_addr.get(i) {
+                Some(ext) => ext.to_string(),
+                None if *ip == IpAddr::V4(Ipv4Addr::UNSPECIFIED) => primary_address().to_string(),
+                None => ip.to_string(),
+            },
         })
         .collect()
 }
@@ -882,4 +888,35 @@ pub async fn serve(p: Prepared) -> Result<(), NodeError> {
     node.notifier.stopping();
     node.shutdown().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(args: &[&str]) -> Config {
+        let argv = std::iter::once("dispynode").chain(args.iter().copied());
+        match crate::config::parse_args_with(argv, 2, &|_| None) {
+            Ok(crate::config::Command::Run(c)) => *c,
+            other => panic!("{args:?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_wildcard_is_announced_as_the_hosts_address() {
+        let host = primary_address().to_string();
+        for args in [&[][..], &["-i", "0.0.0.0"][..]] {
+            let a = node_addrs(&config(args));
+            assert_eq!(a.len(), 1, "{args:?}");
+            assert_eq!(a[0].bind, IpAddr::V4(Ipv4Addr::UNSPECIFIED), "{args:?}");
+            assert_eq!(
+                a[0].announce, host,
+                "{args:?}: clients cannot reach 0.0.0.0"
+            );
+        }
+        let a = node_addrs(&config(&["-i", "0.0.0.0", "--ext_ip_addr", "203.0.113.9"]));
+        assert_eq!(a[0].announce, "203.0.113.9");
+        let a = node_addrs(&config(&["-i", "127.0.0.1"]));
+        assert_eq!(a[0].announce, "127.0.0.1");
+    }
 }
