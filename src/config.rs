@@ -556,7 +556,10 @@ struct SavedConfig<'a> {
     ip_addr: Vec<String>,
     ext_ip_addr: Vec<String>,
     node_port: u16,
-    name: &'a str,
+    /// Left out when it is this host's name (the default), so that a file saved on one node
+    /// and copied to others does not give them all the first one's name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     secret: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -804,7 +807,7 @@ impl Config {
             ip_addr: self.ip_addr.iter().map(IpAddr::to_string).collect(),
             ext_ip_addr: self.ext_ip_addr.iter().map(IpAddr::to_string).collect(),
             node_port: self.node_port,
-            name: &self.name,
+            name: (self.name != hostname()).then_some(self.name.as_str()),
             secret: self.secret_file.is_none().then_some(self.secret.as_str()),
             secret_file: self.secret_file.as_deref().map(path),
             dest_path_prefix: path(&self.dest_path_prefix),
@@ -837,7 +840,8 @@ impl Config {
             "# dispynode configuration written by `dispynode --save_config`.\n\
              # Use it with `dispynode --config FILE`; options on the command line override it.\n\
              # Every option is listed with the value the node used (defaults included), except\n\
-             # those that had none (no certificate, no scheduler, ...).\n\n{body}"
+             # those that had none (no certificate, no scheduler, ...) and the name when it is\n\
+             # the host's own (so that the file can be copied to other nodes).\n\n{body}"
         )
     }
 }
@@ -2044,6 +2048,14 @@ mod tests {
     }
 
     #[test]
+    fn the_host_name_is_not_saved_a_given_name_is() {
+        let (toml, _) = save(&["--save_config"], 4);
+        assert!(!toml.lines().any(|l| l.starts_with("name")), "{toml}");
+        let (toml, _) = save(&["--name", "node-7", "--save_config"], 4);
+        assert!(toml.contains("name = \"node-7\""), "{toml}");
+    }
+
+    #[test]
     fn wildcard_and_unreachable_addresses() {
         assert_eq!(
             run(&["-i", "0.0.0.0"]).ip_addr,
@@ -2704,6 +2716,8 @@ python = "/usr/bin/python3"
         let c = run(&[
             "-c",
             "1",
+            "--name",
+            "given",
             "--state_dir",
             "/var/lib/dispynode/state",
             "--scheduler_node",
