@@ -590,6 +590,32 @@ fn chown_delegation(root: &std::path::Path, uid: u32, gid: u32) {
     }
 }
 
+/// What becomes of the configured job limits without a cgroup per job: said at start, since
+/// the fallbacks are coarser than the options promise.
+fn limits_without_cgroups(cfg: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(p) = cfg.job_cpu_max {
+        out.push(format!(
+            "job_cpu_max ({p}%) is not applied: it needs a cgroup per job (cgroup v2 delegated \
+             with the cpu controller)"
+        ));
+    }
+    if let Some(n) = cfg.job_pids_max {
+        out.push(format!(
+            "job_pids_max ({n}) falls back to RLIMIT_NPROC, which counts every process of the \
+             account jobs run as, the worker and its spare job processes included: leave room \
+             for them"
+        ));
+    }
+    if let Some(b) = cfg.job_memory_max {
+        out.push(format!(
+            "job_memory_max ({b} bytes) falls back to RLIMIT_AS, a limit on address space (not \
+             memory) per process"
+        ));
+    }
+    out
+}
+
 /// Binds (or takes from systemd) the sockets, prepares state and sandbox, drops privileges.
 pub fn prepare(cfg: Config) -> Result<Prepared, NodeError> {
     let notifier = crate::systemd::Notifier::from_env();
@@ -647,6 +673,11 @@ pub fn prepare(cfg: Config) -> Result<Prepared, NodeError> {
             None
         }
     };
+    if cgroups.is_none() {
+        for warning in limits_without_cgroups(&cfg) {
+            tracing::warn!("{warning}");
+        }
+    }
     if let (Some(t), Some((_, _, uid, gid))) = (&cgroups, &account) {
         // What systemd hands a `User=` service with Delegate=yes: after the drop we must
         // still create and fill job groups.
@@ -900,6 +931,28 @@ mod tests {
             Ok(crate::config::Command::Run(c)) => *c,
             other => panic!("{args:?}: {other:?}"),
         }
+    }
+
+    #[test]
+    fn limits_that_need_cgroups_are_named() {
+        assert!(limits_without_cgroups(&config(&[])).is_empty());
+        let w = limits_without_cgroups(&config(&[
+            "--job_cpu_max",
+            "50",
+            "--job_pids_max",
+            "16",
+            "--job_memory_max",
+            "1g",
+        ]));
+        assert_eq!(w.len(), 3, "{w:?}");
+        assert!(
+            w[0].starts_with("job_cpu_max (50%) is not applied"),
+            "{w:?}"
+        );
+        assert!(
+            w[1].contains("RLIMIT_NPROC") && w[2].contains("RLIMIT_AS"),
+            "{w:?}"
+        );
     }
 
     #[test]
