@@ -8,6 +8,14 @@ use crate::protocol::pickle::Limits;
 
 /// Largest request an authenticated client may send; JOB carries the job's arguments inline.
 pub const MAX_REQUEST: u64 = 256 << 20;
+/// Requests up to this size are read without asking the budget below (the usual ones).
+pub const FREE_REQUEST_BYTES: u64 = 1 << 20;
+/// Most bytes of larger request bodies the node holds at once (JOB carries its arguments
+/// inline); further large requests wait for room, at most `msg_timeout`. A quarter of the
+/// host's memory, at least one `MAX_REQUEST`, at most 1 GiB.
+pub fn request_budget(physical_memory: u64) -> u64 {
+    (physical_memory / 4).clamp(MAX_REQUEST, 1 << 30)
+}
 /// Largest request without a valid auth prefix: only PING is looked at then.
 pub const MAX_UNAUTH_REQUEST: u64 = 4096;
 /// Largest reply the node reads from a client (ACKs, acks of files, PULSE answers).
@@ -48,5 +56,17 @@ pub fn ping_limits() -> Limits {
         max_memo: 64,
         max_nodes: 256,
         max_container_len: 64,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_request_budget_is_a_quarter_of_memory_within_bounds() {
+        assert_eq!(request_budget(0), MAX_REQUEST);
+        assert_eq!(request_budget(2 << 30), 512 << 20);
+        assert_eq!(request_budget(64 << 30), 1 << 30);
     }
 }

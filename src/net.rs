@@ -3,11 +3,13 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::timeout;
 
 use crate::protocol::frame::{self, FrameError, HEADER_LEN};
@@ -18,6 +20,8 @@ pub enum NetError {
     Timeout,
     #[error("connection closed by peer")]
     Closed,
+    #[error("the node holds as many request bytes as it may; try again later")]
+    Busy,
     #[error(transparent)]
     Frame(#[from] FrameError),
     #[error(transparent)]
@@ -47,6 +51,43 @@ pub async fn read_frame<S: AsyncRead + Unpin>(
     let mut head = [0u8; HEADER_LEN];
     read_exact(s, &mut head, limit).await?;
     let len = frame::parse_header(head, max_len)?;
+    read_body(s, len, limit).await
+}
+
+/// Like [`read_frame`], but a frame over [`crate::limits::FREE_REQUEST_BYTES`] first takes its
+/// length from `budget` (bytes of request bodies the node holds at once), waiting at most
+/// `limit` for it; the permit comes back with the frame, to be held while it is in use.
+/// Without it, the 1024 connections a node serves could each hold a 256 MiB request.
+pub async fn read_frame_within<S: AsyncRead + Unpin>(
+    s: &mut S,
+    max_len: u64,
+    limit: Duration,
+    budget: &Arc<Semaphore>,
+) -> Result<(Vec<u8>, Option<OwnedSemaphorePermit>), NetError> {
+    let mut head = [0u8; HEADER_LEN];
+    read_exact(s, &mut head, limit).await?;
+    let len = frame::parse_header(head, max_len)?;
+    let permit = if len as u64 > crate::limits::FREE_REQUEST_BYTES {
+        let n = u32::try_from(len).map_err(|_| FrameError::TooLarge {
+            len: len as u64,
+            limit: u64::from(u32::MAX),
+        })?;
+        match timeout(limit, budget.clone().acquire_many_owned(n)).await {
+            Ok(Ok(p)) => Some(p),
+            Ok(Err(_)) => return Err(NetError::Closed),
+            Err(_) => return Err(NetError::Busy),
+        }
+    } else {
+        None
+    };
+    Ok((read_body(s, len, limit).await?, permit))
+}
+
+async fn read_body<S: AsyncRead + Unpin>(
+    s: &mut S,
+    len: usize,
+    limit: Duration,
+) -> Result<Vec<u8>, NetError> {
     let mut buf = Vec::new();
     // Grow as data arrives instead of trusting the header with one huge allocation.
     let mut remaining = len;

@@ -1461,6 +1461,77 @@ fn five_hundred_idle_connections() {
     finish(&mut node, &base);
 }
 
+/// Authenticated requests of 250 MiB on eight connections at once (2 GiB): the node holds at
+/// most its request budget (a quarter of the host's memory, at most 1 GiB) of such bodies at a
+/// time, the others wait for room, and every one is answered.
+#[test]
+fn large_requests_at_once_stay_within_the_budget() {
+    // Long enough for the requests that wait for room (msg_timeout bounds that wait).
+    let Some((mut node, base)) = start(&["--msg_timeout", "20"]) else {
+        return;
+    };
+    let auth = node_auth(&node, "");
+    const EACH: usize = 250 << 20;
+    const N: usize = 8;
+    // A JOB whose pickle is garbage: read whole, then refused ("Invalid job").
+    let mut body = b"JOB:".to_vec();
+    body.resize(EACH, b'x');
+    let data = Arc::new([auth.as_slice(), &framed(&body)].concat());
+    drop(body);
+    // All but the last byte first, so that without a budget the node would hold all six
+    // bodies at once; the last bytes go once the node had time to read what it may.
+    let go = Arc::new(AtomicBool::new(false));
+    let threads: Vec<_> = (0..N)
+        .map(|_| {
+            let (data, go) = (data.clone(), go.clone());
+            let mut s = connect(&node);
+            thread::spawn(move || {
+                let (most, last) = data.split_at(data.len() - 1);
+                let _ = s.write_all(most);
+                while !go.load(Ordering::SeqCst) {
+                    thread::sleep(Duration::from_millis(10));
+                }
+                let _ = s.write_all(last);
+                read_outcome(&mut s, Duration::from_secs(60))
+            })
+        })
+        .collect();
+    thread::sleep(Duration::from_secs(6));
+    go.store(true, Ordering::SeqCst);
+    let outcomes: Vec<Outcome> = threads
+        .into_iter()
+        .map(|t| t.join().expect("sender"))
+        .collect();
+    node.ensure(
+        outcomes.iter().all(|o| matches!(o, Outcome::Reply(_))),
+        &format!(
+            "each large request gets its answer: {:?}",
+            outcomes
+                .iter()
+                .map(|o| match o {
+                    Outcome::Reply(b) =>
+                        format!("reply {:?}", String::from_utf8_lossy(&b[..b.len().min(40)])),
+                    other => format!("{other:?}"),
+                })
+                .collect::<Vec<_>>()
+        ),
+    );
+    let growth = base.hwm_growth();
+    eprintln!(
+        "daemon peak RSS grew by {:.0} MiB for {N} x 250 MiB",
+        mib(growth)
+    );
+    node.ensure(
+        growth < (1 << 30) + (128 << 20),
+        &format!(
+            "the daemon's peak RSS grew by {:.0} MiB for {N} requests of 250 MiB at once (budget \
+             at most 1024 MiB)",
+            mib(growth)
+        ),
+    );
+    normal_job_and_finish(&mut node, &base, "budget");
+}
+
 /// Idle connections from one source that never send the auth prefix (slowloris): the node keeps
 /// at most MAX_UNAUTH_PER_SOURCE of them, closing the oldest as newer ones come, so one peer
 /// without the secret cannot hold the node's connection slots; a real client, which sends its

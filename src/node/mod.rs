@@ -187,6 +187,8 @@ pub struct Node {
     pub(crate) results: Arc<crate::results::ResultStore>,
     /// Bounds the PONGs in flight (see `limits::MAX_PONGS_IN_FLIGHT`).
     pub(crate) pong_slots: Arc<tokio::sync::Semaphore>,
+    /// Bytes of large request bodies held at once (see `limits::request_budget`).
+    pub(crate) request_budget: Arc<tokio::sync::Semaphore>,
     /// TLS for every TCP connection, both ways, when a certfile is configured.
     pub(crate) tls: Option<crate::tls::Tls>,
     /// Processes we started, for `--clean` after a crash.
@@ -590,6 +592,21 @@ fn chown_delegation(root: &std::path::Path, uid: u32, gid: u32) {
     }
 }
 
+/// `limits::request_budget` of this host's memory.
+fn request_budget_bytes() -> usize {
+    use nix::unistd::{sysconf, SysconfVar};
+    let value = |v| {
+        sysconf(v)
+            .ok()
+            .flatten()
+            .and_then(|n| u64::try_from(n).ok())
+    };
+    let memory = value(SysconfVar::_PHYS_PAGES)
+        .zip(value(SysconfVar::PAGE_SIZE))
+        .map_or(0, |(pages, size)| pages.saturating_mul(size));
+    usize::try_from(crate::limits::request_budget(memory)).unwrap_or(usize::MAX >> 4)
+}
+
 /// What becomes of the configured job limits without a cgroup per job: said at start, since
 /// the fallbacks are coarser than the options promise.
 fn limits_without_cgroups(cfg: &Config) -> Vec<String> {
@@ -794,6 +811,7 @@ pub async fn serve(p: Prepared) -> Result<(), NodeError> {
         pong_slots: Arc::new(tokio::sync::Semaphore::new(
             crate::limits::MAX_PONGS_IN_FLIGHT,
         )),
+        request_budget: Arc::new(tokio::sync::Semaphore::new(request_budget_bytes())),
         sandbox,
         notifier,
         _lock: lock,

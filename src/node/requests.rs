@@ -75,13 +75,19 @@ impl Node {
         } else {
             MAX_UNAUTH_REQUEST
         };
-        let read = net::read_frame(&mut s, limit, t);
+        // Held until this request is handled: a large body counts against the node's budget.
+        let mut _budget = None;
         let frame = match &mut unauth {
             Some(ticket) => tokio::select! {
-                r = read => r,
+                r = net::read_frame(&mut s, limit, t) => r,
                 _ = &mut ticket.evicted => return evicted(peer),
             },
-            None => read.await,
+            None => net::read_frame_within(&mut s, limit, t, &self.request_budget)
+                .await
+                .map(|(frame, permit)| {
+                    _budget = permit;
+                    frame
+                }),
         };
         let msg = match frame {
             Ok(m) => m,
