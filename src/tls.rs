@@ -51,7 +51,7 @@ pub enum TlsError {
     Pem { path: PathBuf, source: pem::Error },
     #[error("{path}: no certificate (expected a PEM \"BEGIN CERTIFICATE\" block)")]
     NoCertificate { path: PathBuf },
-    #[error("{path}: no private key (expected a PEM private key block; give --keyfile if the key is in another file)")]
+    #[error("{path}: no private key (expected a PEM private key block; without --keyfile it is read from the certfile)")]
     NoPrivateKey { path: PathBuf },
     #[error("{path}: the private key is encrypted; dispynode needs an unencrypted key (e.g. `openssl pkey -in KEY -out PLAIN`)")]
     EncryptedKey { path: PathBuf },

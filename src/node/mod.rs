@@ -375,7 +375,12 @@ fn resolve_python(python: &str) -> Result<Python, NodeError> {
         .output()
         .map_err(|e| err(e.to_string()))?;
     if !out.status.success() {
-        return Err(err(String::from_utf8_lossy(&out.stderr).trim().to_owned()));
+        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+        return Err(err(if stderr.is_empty() {
+            format!("it exited with {} (is it a Python interpreter?)", out.status)
+        } else {
+            stderr
+        }));
     }
     let text = String::from_utf8_lossy(&out.stdout);
     let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
