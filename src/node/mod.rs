@@ -295,7 +295,14 @@ impl Node {
             Ok(_) => tracing::warn!(
                 "reload: --save_config is not a serving configuration; kept the current one"
             ),
-            Err(e) => tracing::error!(error = %e, "reload failed; kept the current configuration"),
+            Err(e) => {
+                // A node started as root reads its files again as the account it dropped to.
+                let hint = e
+                    .to_string()
+                    .contains("Permission denied")
+                    .then(|| format!("the configuration and the files it names are read again as uid {}, which must be able to read them", nix::unistd::getuid()));
+                tracing::error!(error = %e, hint, "reload failed; kept the current configuration")
+            }
         }
         self.notifier.ready();
     }
@@ -377,7 +384,10 @@ fn resolve_python(python: &str) -> Result<Python, NodeError> {
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
         return Err(err(if stderr.is_empty() {
-            format!("it exited with {} (is it a Python interpreter?)", out.status)
+            format!(
+                "it exited with {} (is it a Python interpreter?)",
+                out.status
+            )
         } else {
             stderr
         }));
