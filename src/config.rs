@@ -1063,6 +1063,13 @@ fn resolve(
         fp,
         env,
     )?;
+    // An empty secret given inline is no secret, wherever it was written.
+    let secret_source = match secret_source {
+        SecretSource::CommandLine | SecretSource::ConfigFile if secret.is_empty() => {
+            SecretSource::None
+        }
+        source => source,
+    };
 
     let name = match pick(cli.name, f.name, fp) {
         Some((n, o)) => word("name", n, o)?,
