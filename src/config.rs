@@ -275,7 +275,10 @@ fn set_in(file: &Option<PathBuf>) -> String {
     name = "dispynode",
     version,
     about = "Node server for the dispy distributed-computing framework: runs the jobs that dispy clients submit.",
-    long_about = None
+    long_about = None,
+    // As the reference's argparse: an option given again overrides (`-d -d`, or a wrapper's
+    // `--cpus 4` after the defaults); repeatable ones (-i, --ext_ip_addr) still add up.
+    args_override_self = true
 )]
 struct Cli {
     /// Read options from this TOML file; options given on the command line take precedence.
@@ -2052,6 +2055,18 @@ mod tests {
         let c = run(&["--service_start", "17:00", "--service_end", "8:00"]);
         assert_eq!(c.service_end, Some(TimeOfDay { hour: 8, minute: 0 }));
         assert_eq!(c.service_stop, None);
+    }
+
+    #[test]
+    fn an_option_given_again_overrides_as_in_the_reference() {
+        assert!(run(&["-d", "-d"]).debug);
+        assert_eq!(run(&["--cpus", "1", "--cpus", "2"]).cpus, 2);
+        assert_eq!(run(&["-p", "9000", "--node_port", "9001"]).node_port, 9001);
+        // repeatable options still add up
+        assert_eq!(
+            run(&["-i", "127.0.0.1", "-i", "127.0.0.2"]).ip_addr.len(),
+            2
+        );
     }
 
     #[test]
