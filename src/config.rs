@@ -773,10 +773,11 @@ impl Config {
             }
         };
         let secret_fix = ": chmod o-r it, or use the dispynode-secret credential";
-        // An empty secret is no secret: nothing to expose.
-        let source = match self.secret.is_empty() {
-            true => SecretSource::None,
-            false => self.secret_source,
+        // An empty secret (an empty credential included) is no secret: nothing to expose.
+        let source = if self.secret.is_empty() {
+            SecretSource::None
+        } else {
+            self.secret_source
         };
         match (source, &self.secret_file, &self.config_file) {
             (SecretSource::File, Some(p), _) => file("the secret file", p, secret_fix),
@@ -975,7 +976,11 @@ where
         Some(path) => Command::SaveConfig {
             toml: config.to_toml(),
             path,
-            private: config.secret_file.is_none() && !config.secret.is_empty(),
+            // An empty inline secret is SecretSource::None: nothing private then.
+            private: matches!(
+                config.secret_source,
+                SecretSource::CommandLine | SecretSource::ConfigFile
+            ),
         },
         None => Command::Run(Box::new(config)),
     })
@@ -2532,17 +2537,17 @@ python = "/usr/bin/python3"
         assert!(exposed(&["--secret", ""]).is_empty());
 
         chmod(&key, 0o644);
-        let found = exposed(&["--certfile", s(&key), "--keyfile", s(&key)]);
-        assert!(
-            found.len() == 1 && found[0].contains("TLS key file"),
-            "{found:?}"
-        );
-        // without --keyfile the key is in the certfile
-        let found = exposed(&["--certfile", s(&key)]);
-        assert!(
-            found.len() == 1 && found[0].contains("TLS key file"),
-            "{found:?}"
-        );
+        // with --keyfile, and without it (the key is in the certfile)
+        for args in [
+            &["--certfile", s(&key), "--keyfile", s(&key)][..],
+            &["--certfile", s(&key)],
+        ] {
+            let found = exposed(args);
+            assert!(
+                found.len() == 1 && found[0].contains("TLS key file"),
+                "{args:?}: {found:?}"
+            );
+        }
         chmod(&key, 0o600);
         assert!(exposed(&["--certfile", s(&key)]).is_empty());
     }
