@@ -155,6 +155,38 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     n.checked_mul(1u64 << shift).ok_or_else(too_big)
 }
 
+/// A whole number of type `T` from the command line, with a message that says what was
+/// expected (Rust's own is "invalid digit found in string", which names neither).
+fn whole<T: TryFrom<i128>>(s: &str, expected: &str) -> Result<T, String> {
+    s.trim()
+        .parse::<i128>()
+        .ok()
+        .and_then(|n| T::try_from(n).ok())
+        .ok_or_else(|| format!("`{s}` is not {expected}"))
+}
+
+fn count(s: &str) -> Result<u64, String> {
+    whole(s, "a whole number >= 0")
+}
+
+fn signed_count(s: &str) -> Result<i64, String> {
+    whole(s, "a whole number")
+}
+
+fn port_number(s: &str) -> Result<u16, String> {
+    whole(s, "a port number (0-65535)")
+}
+
+fn percent(s: &str) -> Result<u32, String> {
+    whole(s, "a whole number of percent")
+}
+
+fn seconds(s: &str) -> Result<f64, String> {
+    s.trim()
+        .parse::<f64>()
+        .map_err(|_| format!("`{s}` is not a number of seconds"))
+}
+
 /// Formats a size with the largest exact suffix (`10485760` → `"10m"`), the inverse of
 /// [`parse_size`]; used by `--save_config` so saved files stay readable.
 pub fn format_size(bytes: u64) -> String {
@@ -294,25 +326,31 @@ struct Cli {
     debug: bool,
 
     /// Number of CPUs to run jobs on: N > 0 uses at most N, N < 0 leaves -N unused (default: all).
-    #[arg(short = 'c', long, value_name = "N", allow_negative_numbers = true)]
+    #[arg(
+        short = 'c',
+        long,
+        value_name = "N",
+        allow_negative_numbers = true,
+        value_parser = signed_count
+    )]
     cpus: Option<i64>,
 
-    /// Local address to serve on; repeat for several addresses (default: the node picks one).
+    /// Local address or host name to serve on; repeat for several (default: the node picks one).
     #[arg(
         short = 'i',
         long = "ip_addr",
         visible_alias = "ip-addr",
         value_name = "ADDR"
     )]
-    ip_addr: Vec<IpAddr>,
+    ip_addr: Vec<String>,
 
-    /// Address to announce instead of the matching --ip_addr (paired by position), for nodes behind NAT.
+    /// Address or host name to announce instead of the matching --ip_addr (paired by position), for nodes behind NAT.
     #[arg(
         long = "ext_ip_addr",
         visible_alias = "ext-ip-addr",
         value_name = "ADDR"
     )]
-    ext_ip_addr: Vec<IpAddr>,
+    ext_ip_addr: Vec<String>,
 
     /// TCP and UDP port to serve on (default 51348).
     #[arg(
@@ -320,7 +358,8 @@ struct Cli {
         long = "node_port",
         visible_alias = "node-port",
         value_name = "N",
-        allow_negative_numbers = true
+        allow_negative_numbers = true,
+        value_parser = port_number
     )]
     node_port: Option<u16>,
 
@@ -365,7 +404,8 @@ struct Cli {
         long = "scheduler_port",
         visible_alias = "scheduler-port",
         value_name = "N",
-        allow_negative_numbers = true
+        allow_negative_numbers = true,
+        value_parser = port_number
     )]
     scheduler_port: Option<u16>,
 
@@ -392,7 +432,8 @@ struct Cli {
         long = "zombie_interval",
         visible_alias = "zombie-interval",
         value_name = "MIN",
-        allow_negative_numbers = true
+        allow_negative_numbers = true,
+        value_parser = count
     )]
     zombie_interval: Option<u64>,
 
@@ -405,7 +446,8 @@ struct Cli {
         long = "msg_timeout",
         visible_alias = "msg-timeout",
         value_name = "SECS",
-        allow_negative_numbers = true
+        allow_negative_numbers = true,
+        value_parser = seconds
     )]
     msg_timeout: Option<f64>,
 
@@ -434,7 +476,12 @@ struct Cli {
     service_end: Option<TimeOfDay>,
 
     /// Number of clients to serve before exiting; -1 serves forever.
-    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    #[arg(
+        long,
+        value_name = "N",
+        allow_negative_numbers = true,
+        value_parser = signed_count
+    )]
     serve: Option<i64>,
 
     /// Python interpreter that runs function computations (default python3).
@@ -464,7 +511,8 @@ struct Cli {
         long = "job_pids_max",
         visible_alias = "job-pids-max",
         value_name = "N",
-        allow_negative_numbers = true
+        allow_negative_numbers = true,
+        value_parser = count
     )]
     job_pids_max: Option<u64>,
 
@@ -473,7 +521,8 @@ struct Cli {
         long = "job_cpu_max",
         visible_alias = "job-cpu-max",
         value_name = "PERCENT",
-        allow_negative_numbers = true
+        allow_negative_numbers = true,
+        value_parser = percent
     )]
     job_cpu_max: Option<u32>,
 }
@@ -639,6 +688,10 @@ pub struct Config {
     pub ip_addr: Vec<IpAddr>,
     /// Addresses announced instead of `ip_addr`, paired by position.
     pub ext_ip_addr: Vec<IpAddr>,
+    /// `ip_addr` and `ext_ip_addr` as given (an address or a host name, resolved at start as
+    /// the reference does), so that `--save_config` keeps the names.
+    pub ip_addr_given: Vec<String>,
+    pub ext_ip_addr_given: Vec<String>,
     /// TCP and UDP port of the node.
     pub node_port: u16,
     /// Node name reported to clients.
@@ -808,8 +861,8 @@ impl Config {
         let saved = SavedConfig {
             debug: self.debug,
             cpus: self.cpus_option,
-            ip_addr: self.ip_addr.iter().map(IpAddr::to_string).collect(),
-            ext_ip_addr: self.ext_ip_addr.iter().map(IpAddr::to_string).collect(),
+            ip_addr: self.ip_addr_given.clone(),
+            ext_ip_addr: self.ext_ip_addr_given.clone(),
             node_port: self.node_port,
             name: (self.name != hostname()).then_some(self.name.as_str()),
             secret: self.secret_file.is_none().then_some(self.secret.as_str()),
@@ -932,12 +985,18 @@ where
     T: Into<OsString> + Clone,
 {
     let machine = std::thread::available_parallelism().map_or(1, |n| n.get());
-    parse_args_with(args, machine, &|key| std::env::var(key).ok())
+    parse_args_with(
+        args,
+        machine,
+        &|key| std::env::var(key).ok(),
+        &system_resolver,
+    )
 }
 
-/// [`parse_args`] with the machine's CPU count and the environment passed in, so that tests do
-/// not depend on the machine they run on. `env` is consulted for `CREDENTIALS_DIRECTORY` and
-/// `TMPDIR`.
+/// [`parse_args`] with the machine's CPU count, the environment and the host-name resolver
+/// passed in, so that tests do not depend on the machine they run on. `env` is consulted for
+/// `CREDENTIALS_DIRECTORY` and `TMPDIR`; `resolve_host` for host names given as `-i` or
+/// `--ext_ip_addr`.
 ///
 /// # Errors
 /// [`ConfigError::Clap`] for help, version and syntax errors; the other variants when the
@@ -946,6 +1005,7 @@ pub fn parse_args_with<I, T>(
     args: I,
     machine_cpus: usize,
     env: &dyn Fn(&str) -> Option<String>,
+    resolve_host: Resolver<'_>,
 ) -> Result<Command, ConfigError>
 where
     I: IntoIterator<Item = T>,
@@ -971,7 +1031,7 @@ where
         }
         None => None,
     };
-    let config = resolve(cli, file, machine_cpus, env)?;
+    let config = resolve(cli, file, machine_cpus, env, resolve_host)?;
     Ok(match save {
         Some(path) => Command::SaveConfig {
             toml: config.to_toml(),
@@ -1017,6 +1077,7 @@ fn resolve(
     file: Option<(PathBuf, FileConfig)>,
     machine_cpus: usize,
     env: &dyn Fn(&str) -> Option<String>,
+    resolve_host: Resolver<'_>,
 ) -> Result<Config, ConfigError> {
     let (file_path, f) = match file {
         Some((p, f)) => (Some(p), f),
@@ -1035,9 +1096,15 @@ fn resolve(
     let cpus =
         resolve_cpus(cpus_option, machine_cpus).map_err(|m| invalid("cpus", cpus_origin, m))?;
 
-    let (ip_addr, _) = addresses("ip_addr", cli.ip_addr, f.ip_addr, file_origin)?;
-    let (ext_ip_addr, ext_origin) =
-        addresses("ext_ip_addr", cli.ext_ip_addr, f.ext_ip_addr, file_origin)?;
+    let (ip_addr, ip_addr_given, _) =
+        addresses("ip_addr", cli.ip_addr, f.ip_addr, file_origin, resolve_host)?;
+    let (ext_ip_addr, ext_ip_addr_given, ext_origin) = addresses(
+        "ext_ip_addr",
+        cli.ext_ip_addr,
+        f.ext_ip_addr,
+        file_origin,
+        resolve_host,
+    )?;
     // Without --ip_addr the node serves one address of its choice, which one --ext_ip_addr
     // may still be paired with (the usual NAT set-up of the manual).
     if ext_ip_addr.len() > ip_addr.len().max(1) {
@@ -1101,12 +1168,11 @@ fn resolve(
 
     let scheduler_node = match pick(cli.scheduler_node, f.scheduler_node, fp) {
         Some((s, o)) => {
-            if s.is_empty() || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                return Err(invalid(
-                    "scheduler_node",
-                    o,
-                    format!("`{s}` is not a host name or address"),
-                ));
+            // Resolved when the node announces itself (the scheduler's name may not resolve
+            // yet at boot); its spelling is checked now.
+            if s.parse::<IpAddr>().is_err() {
+                host_name_syntax(&s, "scheduler_port")
+                    .map_err(|m| invalid("scheduler_node", o, m))?;
             }
             Some(s)
         }
@@ -1255,6 +1321,8 @@ fn resolve(
         cpus_option,
         ip_addr,
         ext_ip_addr,
+        ip_addr_given,
+        ext_ip_addr_given,
         node_port,
         name,
         secret,
@@ -1294,32 +1362,35 @@ fn pick<'a, T>(cli: Option<T>, file: Option<T>, fp: Option<&'a Path>) -> Option<
     }
 }
 
-/// Picks the command line's addresses if any were given, else the file's, parsing and
-/// de-duplicating them (the same address twice would make the second listener fail).
+/// Picks the command line's addresses if any were given, else the file's, resolving host
+/// names and de-duplicating them (the same address twice would make the second listener
+/// fail). Returns the addresses, their spellings as given, and where they came from.
 fn addresses<'a>(
     option: &'static str,
-    cli: Vec<IpAddr>,
+    cli: Vec<String>,
     file: Option<Vec<String>>,
     file_origin: Origin<'a>,
-) -> Result<(Vec<IpAddr>, Origin<'a>), ConfigError> {
-    let (addrs, origin) = if !cli.is_empty() {
+    resolve_host: Resolver<'_>,
+) -> Result<(Vec<IpAddr>, Vec<String>, Origin<'a>), ConfigError> {
+    let (given, origin) = if !cli.is_empty() {
         (cli, Origin::Cli)
     } else if let Some(list) = file {
-        let addrs = list
-            .iter()
-            .map(|s| {
-                s.parse::<IpAddr>().map_err(|_| {
-                    invalid(option, file_origin, format!("`{s}` is not an IP address"))
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        (addrs, file_origin)
+        (list, file_origin)
     } else {
         (Vec::new(), Origin::Default)
     };
+    let addrs = given
+        .iter()
+        .map(|s| address(s, resolve_host).map_err(|m| invalid(option, origin, m)))
+        .collect::<Result<Vec<_>, _>>()?;
     for (i, a) in addrs.iter().enumerate() {
-        if addrs[..i].contains(a) {
-            return Err(invalid(option, origin, format!("{a} is listed twice")));
+        if let Some(j) = addrs[..i].iter().position(|b| b == a) {
+            let message = if given[i] == given[j] {
+                format!("{a} is listed twice")
+            } else {
+                format!("`{}` and `{}` are both {a}", given[j], given[i])
+            };
+            return Err(invalid(option, origin, message));
         }
         if option == "ext_ip_addr" && (a.is_unspecified() || a.is_multicast()) {
             return Err(invalid(
@@ -1338,7 +1409,72 @@ fn addresses<'a>(
             ));
         }
     }
-    Ok((addrs, origin))
+    Ok((addrs, given, origin))
+}
+
+/// Resolves a host name to its addresses (the system's resolver, for [`parse_args_with`]).
+pub type Resolver<'a> = &'a dyn Fn(&str) -> io::Result<Vec<IpAddr>>;
+
+/// The system's resolver (`getaddrinfo`, so /etc/hosts and DNS as configured).
+pub fn system_resolver(name: &str) -> io::Result<Vec<IpAddr>> {
+    use std::net::ToSocketAddrs;
+    Ok((name, 0).to_socket_addrs()?.map(|a| a.ip()).collect())
+}
+
+/// An address as `-i`/`--ext_ip_addr` take it: an IP address, or a host name resolved to one,
+/// preferring IPv4 as the reference's `host_addrinfo` does.
+fn address(s: &str, resolve_host: Resolver<'_>) -> Result<IpAddr, String> {
+    if let Ok(a) = s.parse::<IpAddr>() {
+        return Ok(a);
+    }
+    host_name_syntax(s, "node_port")?;
+    let found = resolve_host(s).map_err(|e| format!("cannot resolve `{s}`: {e}"))?;
+    found
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(found.first())
+        .copied()
+        .ok_or_else(|| format!("`{s}` resolves to no address"))
+}
+
+/// Whether `s` can be a host name (RFC 1123 labels; `_` allowed as resolvers do), with a
+/// hint for what people write instead: `[::1]`, or `host:port` (the port is `port_option`).
+fn host_name_syntax(s: &str, port_option: &str) -> Result<(), String> {
+    let unbracketed = s.strip_prefix('[').and_then(|r| r.strip_suffix(']'));
+    if let Some(inner) = unbracketed.filter(|r| r.parse::<IpAddr>().is_ok()) {
+        return Err(format!(
+            "`{s}`: give the address without brackets, `{inner}`"
+        ));
+    }
+    if s.contains(':') {
+        return Err(format!(
+            "`{s}` is not an IP address or host name (give a port with --{port_option})"
+        ));
+    }
+    let name = s.strip_suffix('.').unwrap_or(s);
+    // The resolver would read `10.1` or `1.2.3` as legacy IPv4 forms (10.0.0.1, 1.2.0.3); no
+    // top-level domain is all digits, so such a "name" is a mistyped address.
+    if name
+        .rsplit('.')
+        .next()
+        .is_some_and(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err(format!(
+            "`{s}` is not an IP address (IPv4 has four numbers)"
+        ));
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    if name.is_empty() || name.len() > 253 || !name.split('.').all(label_ok) {
+        return Err(format!("`{s}` is not an IP address or host name"));
+    }
+    Ok(())
 }
 
 fn port(
@@ -1577,6 +1713,19 @@ mod tests {
         None
     }
 
+    /// Host names the tests resolve, without a resolver or network: `dual.test` has both
+    /// families (IPv6 listed first), `v6.test` only IPv6, `empty.test` nothing.
+    fn hosts(name: &str) -> io::Result<Vec<IpAddr>> {
+        let v6: IpAddr = "fd00::5".parse().unwrap();
+        let v4 = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 5));
+        match name {
+            "dual.test" | "dual.test." => Ok(vec![v6, v4]),
+            "v6.test" => Ok(vec![v6]),
+            "empty.test" => Ok(Vec::new()),
+            _ => Err(io::Error::new(io::ErrorKind::NotFound, "no such host")),
+        }
+    }
+
     fn argv(args: &[&str]) -> Vec<String> {
         std::iter::once("dispynode")
             .chain(args.iter().copied())
@@ -1589,7 +1738,7 @@ mod tests {
         cpus: usize,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
-        match parse_args_with(argv(args), cpus, env)? {
+        match parse_args_with(argv(args), cpus, env, &hosts)? {
             Command::Run(c) => Ok(*c),
             Command::SaveConfig { .. } => panic!("expected Run for {args:?}"),
         }
@@ -1654,6 +1803,39 @@ mod tests {
                 "--{option} -1 taken for a flag: {text}"
             );
         }
+    }
+
+    /// A number that does not parse says what was expected, not Rust's "invalid digit found
+    /// in string".
+    #[test]
+    fn malformed_numbers_say_what_was_expected() {
+        let cases = [
+            ("--cpus", "x", "`x` is not a whole number"),
+            ("--serve", "1.5", "`1.5` is not a whole number"),
+            ("--zombie_interval", "-1", "`-1` is not a whole number >= 0"),
+            ("--job_pids_max", "ten", "`ten` is not a whole number >= 0"),
+            (
+                "--node_port",
+                "70000",
+                "`70000` is not a port number (0-65535)",
+            ),
+            ("--scheduler_port", "http", "`http` is not a port number"),
+            (
+                "--job_cpu_max",
+                "50%",
+                "`50%` is not a whole number of percent",
+            ),
+            ("--msg_timeout", "5s", "`5s` is not a number of seconds"),
+        ];
+        for (option, value, says) in cases {
+            let text = err(&[option, value]).to_string();
+            assert!(
+                text.contains(option) && text.contains(says),
+                "{option} {value}: {text}"
+            );
+            assert!(!text.contains("invalid digit"), "{text}");
+        }
+        assert_eq!(run(&["--cpus", "-1", "--serve", " 3 "]).serve, 3);
     }
 
     fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
@@ -2201,10 +2383,116 @@ mod tests {
         ]);
         assert_invalid(&e, "ext_ip_addr");
         assert_invalid(&err(&["-i", "10.0.0.1", "-i", "10.0.0.1"]), "ip_addr");
-        assert_eq!(
-            clap_kind(&err(&["-i", "not-an-ip"])),
-            clap::error::ErrorKind::ValueValidation
+    }
+
+    /// `-i` and `--ext_ip_addr` take host names, as the reference's (resolved at start,
+    /// preferring IPv4 as its `host_addrinfo` does); `--save_config` keeps the names.
+    #[test]
+    fn host_names_are_resolved_preferring_ipv4() {
+        let c = run(&["-i", "dual.test", "--ext_ip_addr", "v6.test"]);
+        assert_eq!(c.ip_addr, [IpAddr::V4(Ipv4Addr::new(10, 0, 0, 5))]);
+        assert_eq!(c.ext_ip_addr, ["fd00::5".parse::<IpAddr>().unwrap()]);
+        assert_eq!(c.ip_addr_given, ["dual.test"]);
+        let toml = c.to_toml();
+        assert!(toml.contains("ip_addr = [\"dual.test\"]"), "{toml}");
+        assert!(toml.contains("ext_ip_addr = [\"v6.test\"]"), "{toml}");
+        assert_eq!(run(&["-i", "dual.test."]).ip_addr, c.ip_addr);
+
+        let cases: [(&[&str], &str, &str); 7] = [
+            (
+                &["-i", "nowhere.test"],
+                "ip_addr",
+                "cannot resolve `nowhere.test`: no such host",
+            ),
+            (
+                &["-i", "empty.test"],
+                "ip_addr",
+                "`empty.test` resolves to no address",
+            ),
+            (&["-i", "[::1]"], "ip_addr", "without brackets, `::1`"),
+            (
+                &["-i", "node.test:51348"],
+                "ip_addr",
+                "give a port with --node_port",
+            ),
+            (
+                &["-i", "a b"],
+                "ip_addr",
+                "`a b` is not an IP address or host name",
+            ),
+            (
+                &["--ext_ip_addr=x-.test"],
+                "ext_ip_addr",
+                "not an IP address or host name",
+            ),
+            (
+                &["-i", "dual.test", "-i", "10.0.0.5"],
+                "ip_addr",
+                "`dual.test` and `10.0.0.5` are both 10.0.0.5",
+            ),
+        ];
+        for (args, option, says) in cases {
+            let e = err(args);
+            assert_invalid(&e, option);
+            assert!(e.to_string().contains(says), "{args:?}: {e}");
+        }
+        for bad in [
+            "a..b",
+            "-a",
+            "a-",
+            ".",
+            "a/b",
+            "1.2.3",
+            "127.1",
+            "10",
+            &"x".repeat(64),
+        ] {
+            assert!(host_name_syntax(bad, "node_port").is_err(), "{bad}");
+        }
+        for good in ["a", "node-1.example.org", "my_host", "x.", &"x".repeat(63)] {
+            assert_eq!(host_name_syntax(good, "node_port"), Ok(()), "{good}");
+        }
+    }
+
+    /// The system's resolver, for real: `localhost` is in every /etc/hosts, often with `::1`
+    /// too; the node serves its IPv4 address.
+    #[test]
+    fn localhost_resolves_with_the_system_resolver() {
+        let found = system_resolver("localhost").expect("localhost resolves");
+        assert!(
+            found.contains(&IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            "{found:?}"
         );
+        let Command::Run(c) =
+            parse_args_with(argv(&["-i", "localhost"]), 2, &no_env, &system_resolver)
+                .expect("-i localhost")
+        else {
+            panic!("expected Run");
+        };
+        assert_eq!(c.ip_addr, [IpAddr::V4(Ipv4Addr::LOCALHOST)]);
+    }
+
+    /// The scheduler's name is resolved when the node announces itself; what cannot be a
+    /// name or an address is refused at start, with a hint for the usual mistakes.
+    #[test]
+    fn scheduler_node_spelling() {
+        for ok in ["sched.example", "::1", "10.0.0.9", "sched"] {
+            assert_eq!(
+                run(&["--scheduler_node", ok]).scheduler_node.as_deref(),
+                Some(ok)
+            );
+        }
+        let cases = [
+            ("[::1]", "without brackets, `::1`"),
+            ("sched:51347", "give a port with --scheduler_port"),
+            ("a b", "not an IP address or host name"),
+            ("", "not an IP address or host name"),
+        ];
+        for (bad, says) in cases {
+            let e = err(&["--scheduler_node", bad]);
+            assert_invalid(&e, "scheduler_node");
+            assert!(e.to_string().contains(says), "{bad}: {e}");
+        }
     }
 
     #[test]
@@ -2467,7 +2755,7 @@ python = "/usr/bin/python3"
     }
 
     fn save(args: &[&str], cpus: usize) -> (String, Option<PathBuf>) {
-        match parse_args_with(argv(args), cpus, &no_env) {
+        match parse_args_with(argv(args), cpus, &no_env, &hosts) {
             Ok(Command::SaveConfig { toml, path, .. }) => (toml, path),
             Ok(Command::Run(c)) => panic!("expected SaveConfig, got {c:?}"),
             Err(e) => panic!("{args:?} refused: {e}"),
@@ -2490,7 +2778,7 @@ python = "/usr/bin/python3"
         assert_eq!(path, None);
         assert!(toml.contains("debug = true"), "{toml}");
         // Invalid options are refused rather than saved.
-        assert!(parse_args_with(argv(&["--save_config", "-c", "0"]), 4, &no_env).is_err());
+        assert!(parse_args_with(argv(&["--save_config", "-c", "0"]), 4, &no_env, &hosts).is_err());
     }
 
     #[test]
@@ -2621,7 +2909,7 @@ python = "/usr/bin/python3"
 
     #[test]
     fn only_a_secret_given_inline_makes_the_saved_file_private() {
-        let private = |args: &[&str]| match parse_args_with(argv(args), 4, &no_env) {
+        let private = |args: &[&str]| match parse_args_with(argv(args), 4, &no_env, &hosts) {
             Ok(Command::SaveConfig { private, .. }) => private,
             other => panic!("unexpected {other:?}"),
         };
@@ -2638,7 +2926,7 @@ python = "/usr/bin/python3"
         let original = try_run_with(args, cpus, env).expect("valid original");
         let mut save_args = args.to_vec();
         save_args.push("--save_config");
-        let toml = match parse_args_with(argv(&save_args), cpus, env) {
+        let toml = match parse_args_with(argv(&save_args), cpus, env, &hosts) {
             Ok(Command::SaveConfig {
                 toml, path: None, ..
             }) => toml,
@@ -2675,6 +2963,8 @@ python = "/usr/bin/python3"
                 "10.0.0.1",
                 "-i",
                 "fe80::1",
+                "-i",
+                "dual.test",
                 "--ext_ip_addr",
                 "1.2.3.4",
                 "-p",

@@ -311,12 +311,29 @@ fn spawn_node(
         .open(log_path)
         .expect("open node log");
     let mut cmd = node_command(imp, port, prefix);
+    if opts.extra.iter().any(|a| a == "-i") {
+        cmd = without_default_address(cmd);
+    }
     cmd.arg("-d");
     if let Some(n) = opts.cpus {
         cmd.args(["--cpus", &n.to_string()]);
     }
     cmd.args(&opts.extra);
     support::spawn_node(cmd, base, log)
+}
+
+/// `cmd` without the `-i 127.0.0.1` that `node_command` gives, for a test that names the
+/// address itself (`-i` adds up).
+fn without_default_address(cmd: Command) -> Command {
+    let mut args: Vec<&std::ffi::OsStr> = cmd.get_args().collect();
+    let at = args
+        .windows(2)
+        .position(|w| w[0] == "-i" && w[1] == "127.0.0.1")
+        .expect("node_command gives -i 127.0.0.1");
+    args.drain(at..at + 2);
+    let mut out = Command::new(cmd.get_program());
+    out.args(args);
+    out
 }
 
 /// A client script running in the background: its stdout lines can be
@@ -968,6 +985,15 @@ fn zombie_client_frees_the_node() {
 
 /// `--serve 1`: after its first client closes, the node exits by itself with
 /// status 0 within 10 s.
+/// `-i` takes a host name, as the original's: `-i localhost` serves 127.0.0.1 (IPv4 first,
+/// though /etc/hosts may list ::1 too), where the real client's jobs run.
+#[test]
+fn host_name_as_address_serves_a_real_client() {
+    let node = LifeNode::start(&LifeOpts::with(&["-i", "localhost"]));
+    let run = node.run("life_basic", &[]);
+    node.assert_run(&run, &["replied", "results", "closed"]);
+}
+
 #[test]
 fn serve_one_exits_after_first_client() {
     let mut node = LifeNode::start(&LifeOpts::with(&["--serve", "1"]));

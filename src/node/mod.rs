@@ -243,10 +243,20 @@ impl Node {
 
     /// SIGHUP: re-reads the configuration (command line and file, as at start) and applies
     /// the settings that are safe to change while serving; the others are reported as
-    /// needing a restart.
-    pub(crate) fn reload(&self) {
+    /// needing a restart. Read on a blocking thread: resolving a host name given as `-i` can
+    /// take seconds, which the runtime's only thread must not wait for.
+    pub(crate) async fn reload(self: Arc<Self>) {
         self.notifier.reloading();
-        match crate::config::parse_args(std::env::args_os()) {
+        let parsed =
+            tokio::task::spawn_blocking(|| crate::config::parse_args(std::env::args_os())).await;
+        let Ok(parsed) = parsed else {
+            tracing::error!(
+                "reload failed: the configuration reader panicked; kept the current one"
+            );
+            self.notifier.ready();
+            return;
+        };
+        match parsed {
             Ok(crate::config::Command::Run(new)) => {
                 let old = &self.cfg;
                 let mut restart = Vec::new();
@@ -925,7 +935,9 @@ pub async fn serve(p: Prepared) -> Result<(), NodeError> {
     let mut interrupted = false;
     loop {
         tokio::select! {
-            _ = sighup.recv() => node.reload(),
+            _ = sighup.recv() => {
+                tokio::spawn(node.clone().reload());
+            }
             _ = sigterm.recv() => {
                 tracing::info!("SIGTERM: shutting down");
                 break;
@@ -960,7 +972,7 @@ mod tests {
 
     fn config(args: &[&str]) -> Config {
         let argv = std::iter::once("dispynode").chain(args.iter().copied());
-        match crate::config::parse_args_with(argv, 2, &|_| None) {
+        match crate::config::parse_args_with(argv, 2, &|_| None, &|_| Ok(Vec::new())) {
             Ok(crate::config::Command::Run(c)) => *c,
             other => panic!("{args:?}: {other:?}"),
         }
