@@ -236,8 +236,8 @@ pub fn resolve_cpus(opt: Option<i64>, machine: usize) -> Result<usize, String> {
 // ---------------------------------------------------------------------------------------------
 
 /// Why the configuration could not be built. `main` prints `dispynode: <error>` and exits with
-/// status 2 for all but [`ConfigError::Clap`], on which it calls `exit()` (help and version exit
-/// 0, syntax errors 2).
+/// [`ConfigError::exit_status`], except for [`ConfigError::Clap`], on which it calls `exit()`
+/// (help and version exit 0, syntax errors 2).
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// Help, version, or a command-line syntax error, already formatted by clap.
@@ -275,6 +275,17 @@ pub enum ConfigError {
         #[source]
         source: Box<toml::de::Error>,
     },
+    /// A host name given as an address did not resolve. Possibly only for now (a node
+    /// started before the network or DNS is up), so `main` exits with [`EX_TEMPFAIL`], which
+    /// the packaged unit restarts, instead of 2, which it does not.
+    #[error("cannot resolve --{option} `{name}`{}: {source}", in_file(.file))]
+    Resolve {
+        option: &'static str,
+        name: String,
+        file: Option<PathBuf>,
+        #[source]
+        source: io::Error,
+    },
     /// A relative path could not be made absolute.
     #[error("cannot make --{option} path {} absolute: {source}", .path.display())]
     CurrentDir {
@@ -283,6 +294,21 @@ pub enum ConfigError {
         #[source]
         source: io::Error,
     },
+}
+
+/// sysexits.h's "temporary failure": the exit status of a start that may work when retried.
+pub const EX_TEMPFAIL: u8 = 75;
+
+impl ConfigError {
+    /// The exit status for this error: 2 for a configuration that cannot work as written
+    /// (the unit's `RestartPreventExitStatus=2` keeps systemd from retrying it every few
+    /// seconds), [`EX_TEMPFAIL`] for a host name that may resolve later.
+    pub fn exit_status(&self) -> u8 {
+        match self {
+            ConfigError::Resolve { .. } => EX_TEMPFAIL,
+            _ => 2,
+        }
+    }
 }
 
 fn in_file(file: &Option<PathBuf>) -> String {
@@ -1381,7 +1407,7 @@ fn addresses<'a>(
     };
     let addrs = given
         .iter()
-        .map(|s| address(s, resolve_host).map_err(|m| invalid(option, origin, m)))
+        .map(|s| address(s, option, origin, resolve_host))
         .collect::<Result<Vec<_>, _>>()?;
     for (i, a) in addrs.iter().enumerate() {
         if let Some(j) = addrs[..i].iter().position(|b| b == a) {
@@ -1423,18 +1449,28 @@ pub fn system_resolver(name: &str) -> io::Result<Vec<IpAddr>> {
 
 /// An address as `-i`/`--ext_ip_addr` take it: an IP address, or a host name resolved to one,
 /// preferring IPv4 as the reference's `host_addrinfo` does.
-fn address(s: &str, resolve_host: Resolver<'_>) -> Result<IpAddr, String> {
+fn address(
+    s: &str,
+    option: &'static str,
+    origin: Origin<'_>,
+    resolve_host: Resolver<'_>,
+) -> Result<IpAddr, ConfigError> {
     if let Ok(a) = s.parse::<IpAddr>() {
         return Ok(a);
     }
-    host_name_syntax(s, "node_port")?;
-    let found = resolve_host(s).map_err(|e| format!("cannot resolve `{s}`: {e}"))?;
+    host_name_syntax(s, "node_port").map_err(|m| invalid(option, origin, m))?;
+    let found = resolve_host(s).map_err(|source| ConfigError::Resolve {
+        option,
+        name: s.to_owned(),
+        file: origin.file(),
+        source,
+    })?;
     found
         .iter()
         .find(|a| a.is_ipv4())
         .or(found.first())
         .copied()
-        .ok_or_else(|| format!("`{s}` resolves to no address"))
+        .ok_or_else(|| invalid(option, origin, format!("`{s}` resolves to no address")))
 }
 
 /// Whether `s` can be a host name (RFC 1123 labels; `_` allowed as resolvers do), with a
@@ -2398,12 +2434,7 @@ mod tests {
         assert!(toml.contains("ext_ip_addr = [\"v6.test\"]"), "{toml}");
         assert_eq!(run(&["-i", "dual.test."]).ip_addr, c.ip_addr);
 
-        let cases: [(&[&str], &str, &str); 7] = [
-            (
-                &["-i", "nowhere.test"],
-                "ip_addr",
-                "cannot resolve `nowhere.test`: no such host",
-            ),
+        let cases: [(&[&str], &str, &str); 6] = [
             (
                 &["-i", "empty.test"],
                 "ip_addr",
@@ -2435,7 +2466,19 @@ mod tests {
             let e = err(args);
             assert_invalid(&e, option);
             assert!(e.to_string().contains(says), "{args:?}: {e}");
+            assert_eq!(e.exit_status(), 2, "{e}");
         }
+        // A name that does not resolve may resolve later (DNS not up yet): another status.
+        let e = err(&["--ext_ip_addr", "nowhere.test"]);
+        assert!(
+            matches!(&e, ConfigError::Resolve { option: "ext_ip_addr", name, .. } if name == "nowhere.test"),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "cannot resolve --ext_ip_addr `nowhere.test`: no such host"
+        );
+        assert_eq!(e.exit_status(), EX_TEMPFAIL);
         for bad in [
             "a..b",
             "-a",

@@ -38,7 +38,7 @@ fn main() -> ExitCode {
         Err(ConfigError::Clap(e)) => e.exit(),
         Err(e) => {
             eprintln!("dispynode: {e}");
-            return ExitCode::from(2);
+            return ExitCode::from(e.exit_status());
         }
     };
     dispynode::systemd::init_logging(cfg.debug);

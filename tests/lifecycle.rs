@@ -1591,6 +1591,18 @@ fn bad_option_values_are_refused() {
         "bad values not refused properly:\n{}",
         failures.join("\n")
     );
+    // A host name that does not resolve (the .invalid domain never does) may resolve later,
+    // when DNS is up: not a bad value, and the unit retries status 75.
+    let (st, out, err) = run_binary(
+        &["-i", "no-such-host.invalid", "--node_port", &port],
+        dir.path(),
+    );
+    let text = format!("{out}{err}");
+    assert_eq!(st.and_then(|s| s.code()), Some(75), "{text}");
+    assert!(
+        text.contains("cannot resolve --ip_addr `no-such-host.invalid`"),
+        "{text}"
+    );
 }
 
 // ===========================================================================

@@ -86,6 +86,20 @@ check "systemctl stop" systemctl stop dispynode.service dispynode.socket
 sleep 1
 check "no process of dispynode left" bash -c '! pgrep -u dispynode -a'
 pgrep -u dispynode -a
+echo "--- a configuration error is not retried (exit 2, RestartPreventExitStatus=2)"
+cp /etc/dispynode/dispynode.toml /tmp/good.toml
+echo 'no_such_option = 1' >> /etc/dispynode/dispynode.toml
+T0=$(date +%s)
+systemctl reset-failed dispynode.service 2>/dev/null
+systemctl start dispynode.service
+sleep 15   # three times RestartSec: a retried start would have come by now
+systemctl show dispynode -p ActiveState -p ExecMainStatus -p NRestarts
+check "the bad configuration is reported once, not every RestartSec" bash -c \
+  "test \"\$(journalctl -u dispynode --since @$T0 --no-pager -o cat | grep -c 'unknown field .no_such_option.')\" = 1"
+check "the unit failed with exit status 2" bash -c \
+  'test "$(systemctl show -p ExecMainStatus --value dispynode)" = 2 && test "$(systemctl is-active dispynode.service)" = failed'
+cp /tmp/good.toml /etc/dispynode/dispynode.toml
+systemctl stop dispynode.socket
 echo "--- journal (last lines)"
 journalctl -u dispynode --no-pager | tail -25
 echo "$pass passed, $fail failed"
