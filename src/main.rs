@@ -48,7 +48,7 @@ fn main() -> ExitCode {
         Err(e) => {
             tracing::error!("{e}");
             eprintln!("dispynode: {e}");
-            return ExitCode::FAILURE;
+            return ExitCode::from(e.exit_status());
         }
     };
     // One runtime thread: the daemon spends ~0.3 ms CPU per job, and every hand-off between

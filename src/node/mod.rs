@@ -81,6 +81,25 @@ pub enum NodeError {
     NotADirectory { option: &'static str, path: PathBuf },
 }
 
+impl NodeError {
+    /// The exit status for a start that failed: 2, as for a bad option value, when the
+    /// configuration or the host must change first (the unit's `RestartPreventExitStatus=2`
+    /// then keeps systemd from retrying every few seconds); 1 when a retry may work (a port
+    /// still taken, an address not yet assigned, an I/O error).
+    pub fn exit_status(&self) -> u8 {
+        match self {
+            NodeError::Systemd(crate::systemd::SystemdError::Setup { .. }) => 1,
+            NodeError::Python { .. }
+            | NodeError::Tls(_)
+            | NodeError::Systemd(_)
+            | NodeError::Account { .. }
+            | NodeError::NotOurs { .. }
+            | NodeError::NotADirectory { .. } => 2,
+            _ => 1,
+        }
+    }
+}
+
 /// One address the node serves on, and the address it announces for it (NAT: ext_ip_addr).
 #[derive(Debug, Clone)]
 pub struct NodeAddr {
