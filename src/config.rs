@@ -1482,6 +1482,14 @@ fn host_name_syntax(s: &str, port_option: &str) -> Result<(), String> {
             "`{s}`: give the address without brackets, `{inner}`"
         ));
     }
+    if let Some((addr, _)) = s
+        .split_once('%')
+        .filter(|(a, _)| a.parse::<IpAddr>().is_ok())
+    {
+        return Err(format!(
+            "`{s}`: an address with a zone is not supported; give `{addr}` or a global address"
+        ));
+    }
     if s.contains(':') {
         return Err(format!(
             "`{s}` is not an IP address or host name (give a port with --{port_option})"
@@ -2434,13 +2442,18 @@ mod tests {
         assert!(toml.contains("ext_ip_addr = [\"v6.test\"]"), "{toml}");
         assert_eq!(run(&["-i", "dual.test."]).ip_addr, c.ip_addr);
 
-        let cases: [(&[&str], &str, &str); 6] = [
+        let cases: [(&[&str], &str, &str); 7] = [
             (
                 &["-i", "empty.test"],
                 "ip_addr",
                 "`empty.test` resolves to no address",
             ),
             (&["-i", "[::1]"], "ip_addr", "without brackets, `::1`"),
+            (
+                &["-i", "fe80::1%eth0"],
+                "ip_addr",
+                "give `fe80::1` or a global",
+            ),
             (
                 &["-i", "node.test:51348"],
                 "ip_addr",
