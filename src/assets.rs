@@ -206,7 +206,8 @@ fn sections(w: &mut dyn Write) -> io::Result<()> {
     file(
         &mut r,
         "/etc/dispynode/dispynode.toml",
-        "Configuration of the service; every option is shown there, commented out.",
+        "Configuration of the service; every option is shown there with its default or an \
+         example, commented out, except the two directories the service writes to.",
     );
     file(
         &mut r,
@@ -247,8 +248,13 @@ fn sections(w: &mut dyn Write) -> io::Result<()> {
         &mut r,
         [roman(
             "0 after a clean shutdown (or --serve clients served); 2 for a bad option, \
-             configuration file or value; 1 when the node cannot start (sockets, state \
-             directory, privileges) or fails while serving.",
+             configuration file or value, or a start that cannot work until the host changes \
+             (TLS files, the account to drop to, a directory the node will not take over, the \
+             socket unit, the Python interpreter): the packaged unit does not retry those \
+             (RestartPreventExitStatus=2); 75 (EX_TEMPFAIL) when a host name given to --ip_addr \
+             or --ext_ip_addr does not resolve (DNS may not be up yet); 1 when the node cannot \
+             start for a reason a retry may cure (a port still taken, an I/O error) or fails \
+             while serving.",
         )],
     );
 

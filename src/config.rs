@@ -361,7 +361,7 @@ struct Cli {
     )]
     cpus: Option<i64>,
 
-    /// Local address or host name to serve on; repeat for several (default: the node picks one).
+    /// Local address or host name to serve on; repeat for several (default: every IPv4 address, announcing one).
     #[arg(
         short = 'i',
         long = "ip_addr",
@@ -514,11 +514,11 @@ struct Cli {
     #[arg(long, value_name = "PATH")]
     python: Option<String>,
 
-    /// Account whose user id jobs run under when the node is started as root (default dispynode).
+    /// Account that the node, started as root, drops to and runs jobs under (default dispynode; nobody/nogroup, with a warning, while no dispynode account exists).
     #[arg(long, value_name = "NAME")]
     user: Option<String>,
 
-    /// Group whose id jobs run under when the node is started as root (default dispynode).
+    /// Group that the node, started as root, drops to and runs jobs under (default: dispynode, or --user's own group when only --user is given).
     #[arg(long, value_name = "NAME")]
     group: Option<String>,
 
@@ -923,8 +923,10 @@ impl Config {
             "# dispynode configuration written by `dispynode --save_config`.\n\
              # Use it with `dispynode --config FILE`; options on the command line override it.\n\
              # Every option is listed with the value the node used (defaults included), except\n\
-             # those that had none (no certificate, no scheduler, ...) and the name when it is\n\
-             # the host's own (so that the file can be copied to other nodes).\n\n{body}"
+             # those that had none (no certificate, no scheduler, ...) and those that follow the\n\
+             # machine or another option when left at their default: the name (the host's\n\
+             # own), cpus (all) and state_dir (beneath dest_path_prefix), so that the file can\n\
+             # be copied to other nodes.\n\n{body}"
         )
     }
 }
