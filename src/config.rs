@@ -37,6 +37,10 @@ pub const DEFAULT_SCHEDULER_PORT: u16 = 51347;
 pub const DEFAULT_MSG_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default zombie interval in minutes, as in the reference.
 pub const DEFAULT_ZOMBIE_INTERVAL: u64 = 60;
+
+/// Upper bound of `--zombie_interval` in minutes (a year): longer is surely a mistake, and
+/// keeps every value a [`Duration`].
+const MAX_ZOMBIE_MINUTES: f64 = 525_600.0;
 /// Default `--serve`: serve clients forever.
 pub const DEFAULT_SERVE: i64 = -1;
 /// Default interpreter for function computations.
@@ -185,6 +189,14 @@ fn seconds(s: &str) -> Result<f64, String> {
     s.trim()
         .parse::<f64>()
         .map_err(|_| format!("`{s}` is not a number of seconds"))
+}
+
+fn minutes(s: &str) -> Result<f64, String> {
+    s.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|m| m.is_finite() && *m >= 0.0)
+        .ok_or_else(|| format!("`{s}` is not a number of minutes >= 0"))
 }
 
 /// Formats a size with the largest exact suffix (`10485760` → `"10m"`), the inverse of
@@ -365,7 +377,7 @@ struct Cli {
     #[arg(
         short = 'i',
         long = "ip_addr",
-        visible_alias = "ip-addr",
+        visible_aliases = ["ip-addr", "host"],
         value_name = "ADDR"
     )]
     ip_addr: Vec<String>,
@@ -373,7 +385,7 @@ struct Cli {
     /// Address or host name to announce instead of the matching --ip_addr (paired by position), for nodes behind NAT.
     #[arg(
         long = "ext_ip_addr",
-        visible_alias = "ext-ip-addr",
+        visible_aliases = ["ext-ip-addr", "ext_host"],
         value_name = "ADDR"
     )]
     ext_ip_addr: Vec<String>,
@@ -420,7 +432,7 @@ struct Cli {
     /// Host name or address of a scheduler to announce this node to at start, for schedulers on other networks.
     #[arg(
         long = "scheduler_node",
-        visible_alias = "scheduler-node",
+        visible_aliases = ["scheduler-node", "scheduler_host"],
         value_name = "ADDR"
     )]
     scheduler_node: Option<String>,
@@ -459,9 +471,9 @@ struct Cli {
         visible_alias = "zombie-interval",
         value_name = "MIN",
         allow_negative_numbers = true,
-        value_parser = count
+        value_parser = minutes
     )]
-    zombie_interval: Option<u64>,
+    zombie_interval: Option<f64>,
 
     /// Remove files and kill jobs left over from a previous run of the node before starting.
     #[arg(long)]
@@ -582,7 +594,7 @@ struct FileConfig {
     keyfile: Option<PathBuf>,
     certfile: Option<PathBuf>,
     max_file_size: Option<Size>,
-    zombie_interval: Option<u64>,
+    zombie_interval: Option<f64>,
     clean: Option<bool>,
     msg_timeout: Option<f64>,
     service_start: Option<TimeOfDay>,
@@ -655,7 +667,7 @@ struct SavedConfig<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     certfile: Option<String>,
     max_file_size: SavedSize,
-    zombie_interval: i64,
+    zombie_interval: SavedMinutes,
     clean: bool,
     msg_timeout: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -690,6 +702,24 @@ impl SavedSize {
         match text.parse::<i64>() {
             Ok(n) => SavedSize::Int(n),
             Err(_) => SavedSize::Str(text),
+        }
+    }
+}
+
+/// Minutes as saved: an integer when whole (as people write them), else a float.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum SavedMinutes {
+    Whole(u64),
+    Fraction(f64),
+}
+
+impl SavedMinutes {
+    fn new(d: Duration) -> Self {
+        if d.as_secs() % 60 == 0 && d.subsec_nanos() == 0 {
+            SavedMinutes::Whole(d.as_secs() / 60)
+        } else {
+            SavedMinutes::Fraction(d.as_secs_f64() / 60.0)
         }
     }
 }
@@ -742,8 +772,9 @@ pub struct Config {
     pub certfile: Option<PathBuf>,
     /// Maximum size of a transferred file in bytes; 0 means unlimited.
     pub max_file_size: u64,
-    /// Zombie interval in minutes; 0 disables zombie detection.
-    pub zombie_interval: u64,
+    /// How long a scheduler may be silent before it is presumed gone; zero disables zombie
+    /// detection.
+    pub zombie_interval: Duration,
     /// Clean up leftovers of a previous run at start.
     pub clean: bool,
     /// Socket timeout.
@@ -901,7 +932,7 @@ impl Config {
             keyfile: self.keyfile.as_deref().map(path),
             certfile: self.certfile.as_deref().map(path),
             max_file_size: SavedSize::new(self.max_file_size),
-            zombie_interval: i64::try_from(self.zombie_interval).unwrap_or(i64::MAX),
+            zombie_interval: SavedMinutes::new(self.zombie_interval),
             clean: self.clean,
             msg_timeout: self.msg_timeout.as_secs_f64(),
             service_start: self.service_start.map(|t| t.to_string()),
@@ -1229,15 +1260,8 @@ fn resolve(
         pick(cli.max_file_size, f.max_file_size.map(|s| s.0), fp).map_or(0, |p| p.0);
 
     let zombie_interval = match pick(cli.zombie_interval, f.zombie_interval, fp) {
-        Some((m, o)) if m > u64::MAX / 60 => {
-            return Err(invalid(
-                "zombie_interval",
-                o,
-                format!("{m} minutes is too long"),
-            ))
-        }
-        Some((m, _)) => m,
-        None => DEFAULT_ZOMBIE_INTERVAL,
+        Some((m, o)) => zombie_interval(m).map_err(|e| invalid("zombie_interval", o, e))?,
+        None => Duration::from_secs(DEFAULT_ZOMBIE_INTERVAL * 60),
     };
 
     let msg_timeout = match pick(cli.msg_timeout, f.msg_timeout, fp) {
@@ -1467,12 +1491,19 @@ fn address(
         file: origin.file(),
         source,
     })?;
+    preferred_address(&found)
+        .ok_or_else(|| invalid(option, origin, format!("`{s}` resolves to no address")))
+}
+
+/// The address a resolved host name stands for: its first IPv4 address, else its first, as the
+/// reference's `host_addrinfo` and `_node_ipaddr` prefer IPv4 (for -i, --ext_ip_addr and
+/// --scheduler_node alike).
+pub fn preferred_address(found: &[IpAddr]) -> Option<IpAddr> {
     found
         .iter()
         .find(|a| a.is_ipv4())
         .or(found.first())
         .copied()
-        .ok_or_else(|| invalid(option, origin, format!("`{s}` resolves to no address")))
 }
 
 /// Whether `s` can be a host name (RFC 1123 labels; `_` allowed as resolvers do), with a
@@ -1555,6 +1586,25 @@ fn hostname() -> String {
         .map(|h| h.trim().to_string())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "localhost".to_string())
+}
+
+/// `minutes` as a [`Duration`] (zero: off), with the reference's rule: 0, or at least 1.
+fn zombie_interval(minutes: f64) -> Result<Duration, String> {
+    if !minutes.is_finite() || minutes < 0.0 {
+        return Err(format!("{minutes} is not a number of minutes >= 0"));
+    }
+    if minutes > 0.0 && minutes < 1.0 {
+        return Err(format!(
+            "{minutes} minutes: give 0 (no zombie detection) or at least 1"
+        ));
+    }
+    if minutes > MAX_ZOMBIE_MINUTES {
+        return Err(format!(
+            "{minutes} minutes is more than a year ({MAX_ZOMBIE_MINUTES} minutes)"
+        ));
+    }
+    // Whole milliseconds, so that the value --save_config writes reads back the same.
+    Ok(Duration::from_millis((minutes * 60_000.0).round() as u64))
 }
 
 /// `secs` as a [`Duration`], if it is a usable socket timeout.
@@ -1858,7 +1908,16 @@ mod tests {
         let cases = [
             ("--cpus", "x", "`x` is not a whole number"),
             ("--serve", "1.5", "`1.5` is not a whole number"),
-            ("--zombie_interval", "-1", "`-1` is not a whole number >= 0"),
+            (
+                "--zombie_interval",
+                "-1",
+                "`-1` is not a number of minutes >= 0",
+            ),
+            (
+                "--zombie_interval",
+                "soon",
+                "`soon` is not a number of minutes >= 0",
+            ),
             ("--job_pids_max", "ten", "`ten` is not a whole number >= 0"),
             (
                 "--node_port",
@@ -1917,7 +1976,7 @@ mod tests {
         assert_eq!(c.scheduler_port, 51347);
         assert_eq!((c.keyfile.as_ref(), c.certfile.as_ref()), (None, None));
         assert_eq!(c.max_file_size, 0);
-        assert_eq!(c.zombie_interval, 60);
+        assert_eq!(c.zombie_interval, Duration::from_secs(3600));
         assert!(!c.clean);
         assert_eq!(c.msg_timeout, Duration::from_secs(5));
         assert_eq!(
@@ -2033,7 +2092,7 @@ mod tests {
                 "zombie_interval",
                 Some("0"),
                 vec![],
-                Box::new(|c| c.zombie_interval == 0),
+                Box::new(|c| c.zombie_interval.is_zero()),
             ),
             (
                 "msg_timeout",
@@ -2431,6 +2490,35 @@ mod tests {
         assert_invalid(&err(&["-i", "10.0.0.1", "-i", "10.0.0.1"]), "ip_addr");
     }
 
+    /// dispy 4.15.2's `dispynode.py` (what `pip install dispy` gives) names three of the manual's
+    /// options differently; an operator's command line from it works here too.
+    #[test]
+    fn the_4_15_2_option_names_are_accepted() {
+        let c = run(&[
+            "--host",
+            "10.0.0.7",
+            "--ext_host",
+            "dual.test",
+            "--scheduler_host",
+            "sched.test",
+        ]);
+        assert_eq!(c.ip_addr, [IpAddr::V4(Ipv4Addr::new(10, 0, 0, 7))]);
+        assert_eq!(c.ext_ip_addr, [IpAddr::V4(Ipv4Addr::new(10, 0, 0, 5))]);
+        assert_eq!(c.scheduler_node.as_deref(), Some("sched.test"));
+    }
+
+    #[test]
+    fn preferred_address_is_the_first_ipv4_else_the_first() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let v6_first = [ip("fd00::5"), ip("10.0.0.5"), ip("10.0.0.6")];
+        assert_eq!(preferred_address(&v6_first), Some(ip("10.0.0.5")));
+        assert_eq!(
+            preferred_address(&[ip("fd00::5"), ip("fd00::6")]),
+            Some(ip("fd00::5"))
+        );
+        assert_eq!(preferred_address(&[]), None);
+    }
+
     /// `-i` and `--ext_ip_addr` take host names, as the reference's (resolved at start,
     /// preferring IPv4 as its `host_addrinfo` does); `--save_config` keeps the names.
     #[test]
@@ -2681,7 +2769,7 @@ python = "/usr/bin/python3"
         assert_eq!(c.name, "from-file");
         assert_eq!(c.max_file_size, 10 << 20);
         assert_eq!(c.job_memory_max, Some(1 << 20));
-        assert_eq!(c.zombie_interval, 10);
+        assert_eq!(c.zombie_interval, Duration::from_secs(600));
         assert_eq!(c.msg_timeout, Duration::from_secs(7));
         assert_eq!(c.service_stop, Some(TimeOfDay { hour: 6, minute: 0 }));
         assert_eq!(c.serve, 3);
@@ -2714,7 +2802,49 @@ python = "/usr/bin/python3"
         assert_eq!((c.cpus, c.cpus_option), (2, Some(2)));
         assert_eq!(c.ip_addr, [IpAddr::V6(Ipv6Addr::LOCALHOST)]);
         assert_eq!(c.max_file_size, 0);
-        assert_eq!(c.zombie_interval, 10, "file value kept");
+        assert_eq!(
+            c.zombie_interval,
+            Duration::from_secs(600),
+            "file value kept"
+        );
+    }
+
+    /// As the reference: minutes may be fractional; 0 turns detection off, and between 0 and 1
+    /// is refused. A saved file keeps whole minutes whole.
+    #[test]
+    fn zombie_interval_takes_fractional_minutes() {
+        let c = run(&["--zombie_interval", "1.5"]);
+        assert_eq!(c.zombie_interval, Duration::from_secs(90));
+        assert!(
+            c.to_toml().contains("zombie_interval = 1.5"),
+            "{}",
+            c.to_toml()
+        );
+        let c = run(&["--zombie_interval", "10"]);
+        assert!(
+            c.to_toml().contains("zombie_interval = 10\n"),
+            "{}",
+            c.to_toml()
+        );
+        assert!(run(&["--zombie_interval", "0"]).zombie_interval.is_zero());
+        for bad in ["0.5", "1e9"] {
+            let e = err(&["--zombie_interval", bad]);
+            assert_invalid(&e, "zombie_interval");
+        }
+        assert!(err(&["--zombie_interval", "0.5"])
+            .to_string()
+            .contains("give 0 (no zombie detection) or at least 1"));
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conf = write(dir.path(), "node.toml", "zombie_interval = 2.5\n");
+        let c = try_run_with(&["--config", s(&conf)], 4, &no_env).expect("valid");
+        assert_eq!(c.zombie_interval, Duration::from_secs(150));
+        let conf = write(dir.path(), "neg.toml", "zombie_interval = -3\n");
+        let e = try_run_with(&["--config", s(&conf)], 4, &no_env).unwrap_err();
+        assert!(
+            e.to_string().contains("not a number of minutes >= 0"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -3166,6 +3296,17 @@ python = "/usr/bin/python3"
             if let Ok(d) = msg_timeout(secs) {
                 proptest::prop_assert_eq!(msg_timeout(d.as_secs_f64()), Ok(d));
             }
+        }
+
+        /// What `--save_config` writes for an interval reads back as the same interval.
+        #[test]
+        fn zombie_interval_survives_saving(minutes in 1.0f64..=MAX_ZOMBIE_MINUTES) {
+            let d = zombie_interval(minutes).expect("in range");
+            let saved = match SavedMinutes::new(d) {
+                SavedMinutes::Whole(m) => m as f64,
+                SavedMinutes::Fraction(m) => m,
+            };
+            proptest::prop_assert_eq!(zombie_interval(saved), Ok(d));
         }
     }
 }

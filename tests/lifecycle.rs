@@ -994,6 +994,46 @@ fn host_name_as_address_serves_a_real_client() {
     node.assert_run(&run, &["replied", "results", "closed"]);
 }
 
+/// `--scheduler_node NAME` (4.15.2's `dispynode.py` spells it `--scheduler_host`): at start the
+/// node resolves the name and announces itself to that scheduler directly, over TCP as well
+/// as the UDP broadcast, so a scheduler on another network learns of it.
+#[test]
+fn scheduler_node_by_name_gets_the_start_announcement() {
+    // The scheduler listens on the node's scheduler port, P-1 (the reference derives its node
+    // port from that one, so it cannot be set apart).
+    let port = free_port_pair();
+    let listener =
+        std::net::TcpListener::bind(("127.0.0.1", port - 1)).expect("bind the scheduler");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let name = match node_impl() {
+        Impl::Ours => "--scheduler_node",
+        Impl::Reference => "--scheduler_host",
+    };
+    let node = LifeNode::start_on(port, &LifeOpts::with(&[name, "localhost"]));
+    let mut conn = None;
+    wait_until(Duration::from_secs(10), || {
+        conn = listener.accept().ok().map(|(s, _)| s);
+        conn.is_some()
+    });
+    node.ensure(
+        conn.is_some(),
+        "no TCP announcement reached --scheduler_node localhost within 10 s",
+    );
+    let mut conn = conn.unwrap();
+    conn.set_nonblocking(false).expect("blocking");
+    conn.set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+    let mut got = Vec::new();
+    let _ = conn.read_to_end(&mut got);
+    node.ensure(
+        got.windows(5).any(|w| w == b"PING:"),
+        &format!(
+            "the scheduler got no PING: {:?}",
+            String::from_utf8_lossy(&got)
+        ),
+    );
+}
+
 #[test]
 fn serve_one_exits_after_first_client() {
     let mut node = LifeNode::start(&LifeOpts::with(&["--serve", "1"]));

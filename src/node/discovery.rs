@@ -159,9 +159,10 @@ impl Node {
         self.announce(port, None).await;
         if let Some(host) = self.cfg.scheduler_node.clone() {
             match tokio::net::lookup_host((host.as_str(), port)).await {
-                Ok(mut addrs) => {
-                    if let Some(sa) = addrs.next() {
-                        self.announce_to(sa).await;
+                Ok(addrs) => {
+                    let ips: Vec<_> = addrs.map(|sa| sa.ip()).collect();
+                    if let Some(ip) = crate::config::preferred_address(&ips) {
+                        self.announce_to(SocketAddr::new(ip, port)).await;
                     }
                 }
                 Err(e) => {

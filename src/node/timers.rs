@@ -160,11 +160,9 @@ impl Node {
     /// min(client pulse_interval, zombie_interval/5, 600 s), as the reference computes it.
     fn pulse_interval(&self) -> Duration {
         let mut iv = Duration::from_secs(600);
-        if self.live().zombie_interval > 0 {
-            iv = iv.min(
-                Duration::from_secs(self.live().zombie_interval.saturating_mul(60) / 5)
-                    .max(Duration::from_secs(1)),
-            );
+        let zombie = self.live().zombie_interval;
+        if !zombie.is_zero() {
+            iv = iv.min((zombie / 5).max(Duration::from_secs(1)));
         }
         let st = self.lock();
         for c in st.computations.values() {
@@ -227,10 +225,10 @@ impl Node {
     /// A scheduler silent for zombie_interval is presumed dead: its computations are closed
     /// once their jobs are done, and the node is free for others (§4.4).
     async fn check_zombie(self: &Arc<Self>) {
-        if self.live().zombie_interval == 0 {
+        let limit = self.live().zombie_interval;
+        if limit.is_zero() {
             return;
         }
-        let limit = Duration::from_secs(self.live().zombie_interval.saturating_mul(60));
         let (idle, sched) = {
             let st = self.lock();
             if st.computations.is_empty() || st.last_activity.elapsed() < limit {
