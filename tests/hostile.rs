@@ -1370,7 +1370,9 @@ fn deep_tree_from_filexfer_then_close() {
 
 /// A job writes forged `started`/`done` messages for every job id it can guess into every
 /// pipe it holds (its worker's stream to the daemon among them): a job of another computation
-/// of the same client still gets its own result, and the node its normal job.
+/// of the same client still gets its own result, and the node its normal job. The forged
+/// `done`s say "job killed: ...", what the client sees of a job the node killed for a limit:
+/// the node's log must not take them for one (an operator reads that line).
 #[test]
 fn job_forging_worker_events() {
     let Some((mut node, base)) = start(&[]) else {
@@ -1387,6 +1389,16 @@ fn job_forging_worker_events() {
             "victim_result",
             "closed",
         ],
+    );
+    // The forger's own job got one of its forged dones: the node took a "job killed" done.
+    node.ensure(
+        run.stdout.contains("INFO forger=Terminated(9) 'forged'"),
+        &format!("the forger's own done was not taken: {}", run.stdout),
+    );
+    let log = node.log();
+    node.ensure(
+        !log.contains("killed by a limit") && !log.contains("killed=1"),
+        "a forged done was logged as a job killed for a limit",
     );
     normal_job_and_finish(&mut node, &base, "forge");
 }

@@ -41,15 +41,19 @@ async fn place(cg: &JobCgroup, pid: i32) -> Result<(), CgroupError> {
 
 /// How a job ended, before it becomes a `_JobReply`.
 pub(crate) enum Outcome {
+    /// `killed`: the node killed the job for a limit (why), whatever its `done` says.
     Function {
         header: Json,
         result: Vec<u8>,
+        killed: Option<&'static str>,
     },
     Program {
         code: i32,
         stdout: Vec<u8>,
         stderr: Vec<u8>,
     },
+    /// The node killed the job for a limit (why).
+    Killed(&'static str),
     Failed(String),
 }
 
@@ -188,11 +192,7 @@ impl Node {
                         }
                     }
                 }
-                JobEvent::Done {
-                    id,
-                    mut header,
-                    result,
-                } => {
+                JobEvent::Done { id, header, result } => {
                     // The first done of one of this computation's jobs counts (job code can
                     // write to this stream too; see also `done_seen`).
                     let (pid, cg) = match self.lock().jobs.get_mut(&id) {
@@ -205,13 +205,15 @@ impl Node {
                     if let Some(pid) = pid {
                         self.procs.remove(pid);
                     }
-                    if let Some(reason) = cg.and_then(super::spawning::retire_cgroup) {
-                        header["status"] = serde_json::json!(status::TERMINATED);
-                        header["exception"] = serde_json::json!(format!("{KILLED}{reason}"));
-                    }
+                    let killed = cg.and_then(super::spawning::retire_cgroup);
                     let n = self.clone();
                     tokio::spawn(async move {
-                        n.finish_job(id, Outcome::Function { header, result }).await
+                        let outcome = Outcome::Function {
+                            header,
+                            result,
+                            killed,
+                        };
+                        n.finish_job(id, outcome).await
                     });
                 }
                 JobEvent::WorkerExited => {
@@ -451,7 +453,7 @@ impl Node {
                 if jail_failed {
                     Outcome::Failed(String::from_utf8_lossy(&out.stderr).trim().to_owned())
                 } else if let Some(reason) = limit_hit {
-                    Outcome::Failed(format!("{KILLED}{reason}"))
+                    Outcome::Killed(reason)
                 } else {
                     Outcome::Program {
                         code,
@@ -566,9 +568,14 @@ impl Node {
             start_time: job.start_time,
             end_time: end,
         };
+        let mut killed = false;
         if !job.terminated {
             match outcome {
-                Outcome::Function { header, result } => {
+                Outcome::Function {
+                    header,
+                    result,
+                    killed: killed_by,
+                } => {
                     let text = |k: &str| {
                         header
                             .get(k)
@@ -592,6 +599,12 @@ impl Node {
                         .get("exception")
                         .and_then(Json::as_str)
                         .map(str::to_owned);
+                    if let Some(reason) = killed_by {
+                        // Its output so far is kept; its status and exception say what happened.
+                        reply.status = status::TERMINATED;
+                        reply.exception = Some(format!("{KILLED}{reason}"));
+                        killed = true;
+                    }
                 }
                 Outcome::Program {
                     code,
@@ -604,15 +617,15 @@ impl Node {
                     reply.stdout = Output::Bytes(stdout);
                     reply.stderr = Output::Bytes(stderr);
                 }
+                Outcome::Killed(reason) => {
+                    reply.exception = Some(format!("{KILLED}{reason}"));
+                    killed = true;
+                }
                 Outcome::Failed(why) => {
                     reply.exception = Some(why);
                 }
             }
         }
-        let killed = reply
-            .exception
-            .as_deref()
-            .is_some_and(|e| e.starts_with(KILLED));
         {
             let mut st = self.lock();
             st.jobs_done += 1;

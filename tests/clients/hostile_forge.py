@@ -29,8 +29,9 @@ def forge(first, last):
 
     blob = pickle.dumps('forged', 4)
     frames = b''.join(frame({'ev': 'started', 'id': i, 'pid': 1})
-                      + frame({'ev': 'done', 'id': i, 'status': 11, 'stdout': '', 'stderr': '',
-                               'exception': None}, blob) for i in range(first, last))
+                      + frame({'ev': 'done', 'id': i, 'status': 9, 'stdout': '', 'stderr': '',
+                               'exception': 'job killed: forged'}, blob)
+                      for i in range(first, last))
     written = 0
     for name in os.listdir('/proc/self/fd'):
         fd = int(name)
