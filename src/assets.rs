@@ -90,9 +90,39 @@ pub fn man_page() -> io::Result<Vec<u8>> {
     man.render_description_section(&mut out)?;
     description(&mut out)?;
     man.render_options_section(&mut out)?;
+    aliases(&mut out)?;
     sections(&mut out)?;
     man.render_version_section(&mut out)?;
     Ok(out)
+}
+
+/// The other names of the options (clap_mangen leaves out aliases): the hyphenated spellings,
+/// and dispy 4.15.2's names for three of them.
+fn aliases(w: &mut dyn Write) -> io::Result<()> {
+    let mut r = Roff::new();
+    r.control("SH", ["OPTION ALIASES"]);
+    para(
+        &mut r,
+        [roman(
+            "Each option also takes the names below; --host, --ext_host and --scheduler_host \
+             are what dispy 4.15.2's dispynode.py calls them.",
+        )],
+    );
+    for arg in crate::config::command().get_arguments() {
+        let (Some(long), Some(other)) = (arg.get_long(), arg.get_visible_aliases()) else {
+            continue;
+        };
+        let mut line = vec![bold(format!("--{long}")), roman(": ")];
+        for (i, alias) in other.iter().enumerate() {
+            if i > 0 {
+                line.push(roman(", "));
+            }
+            line.push(bold(format!("--{alias}")));
+        }
+        r.control("br", []);
+        r.text(line);
+    }
+    r.to_writer(w)
 }
 
 /// Paragraphs appended to clap's one-line DESCRIPTION.
@@ -345,6 +375,13 @@ mod tests {
                 // roff escapes '-' as '\-'.
                 let shown = format!("\\-\\-{}", long.replace('-', "\\-"));
                 assert!(page.contains(&shown), "--{long} missing from the man page");
+            }
+            for alias in arg.get_visible_aliases().unwrap_or_default() {
+                let shown = format!("\\-\\-{}", alias.replace('-', "\\-"));
+                assert!(
+                    page.contains(&shown),
+                    "alias --{alias} missing from the man page"
+                );
             }
         }
         for s in [
