@@ -22,6 +22,7 @@ import argparse
 import collections
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -131,7 +132,8 @@ def main():
     if args.fork_test:
         return fork_test(args.forks, args.rounds)
     node = benchlib.Node('ours', venv=args.venv, node_bin=args.node_bin).start()
-    data = tempfile.mktemp(prefix='dispynode-faults-', suffix='.perf')
+    tmp = tempfile.mkdtemp(prefix='dispynode-faults-')
+    data = os.path.join(tmp, 'faults.perf')
     started = threading.Event()
     client = threading.Thread(target=lambda: benchlib.run_client(
         args.venv, args.mode, node.port, args.n, on_start=lambda pid: started.set()), daemon=True)
@@ -159,8 +161,7 @@ def main():
     finally:
         client.join(300)
         node.stop()
-        if os.path.exists(data):
-            os.unlink(data)
+        shutil.rmtree(tmp, ignore_errors=True)
     counts, jobs = classify(text, worker, zygote, maps)
     n = max(len(jobs), 1)
     per = collections.Counter()

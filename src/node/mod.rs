@@ -192,6 +192,9 @@ pub struct Node {
     pub(crate) cfg: Config,
     /// The settings SIGHUP may change while serving (see `reload`).
     live: std::sync::RwLock<Arc<Config>>,
+    /// One reload at a time: a second SIGHUP waits, so the last file read is the one applied
+    /// and READY follows the last RELOADING.
+    reloading: tokio::sync::Mutex<()>,
     pub(crate) sign: String,
     pub(crate) auth: [u8; AUTH_LEN],
     pub(crate) addrs: Vec<NodeAddr>,
@@ -265,6 +268,7 @@ impl Node {
     /// needing a restart. Read on a blocking thread: resolving a host name given as `-i` can
     /// take seconds, which the runtime's only thread must not wait for.
     pub(crate) async fn reload(self: Arc<Self>) {
+        let _one_at_a_time = self.reloading.lock().await;
         self.notifier.reloading();
         let parsed =
             tokio::task::spawn_blocking(|| crate::config::parse_args(std::env::args_os())).await;
@@ -867,6 +871,7 @@ pub async fn serve(p: Prepared) -> Result<(), NodeError> {
         python,
         addrs,
         live: std::sync::RwLock::new(Arc::new(cfg.clone())),
+        reloading: tokio::sync::Mutex::new(()),
         cfg,
         jobs_changed: Notify::new(),
         next_job: AtomicU64::new(1),
