@@ -16,6 +16,14 @@ changed):
                  the zygote): it then takes the copy-on-write faults of every fork
     inline       no process per job: the job runs in the worker itself.  Not a
                  proposal (no isolation), the lower bound of any process reuse
+    bare-child   a process per job that does only what the floor's child does (unpickle,
+                 call, pickle, one write of its done): no process group, no signal resets,
+                 no output capture, no fd checks, no lock, no client link.  Not a proposal
+                 (it drops what the protocol and termination need): the least any
+                 process-per-job design with this daemon and zygote could spend
+    no-prologue  bare-child's cuts one at a time (none a proposal): no session, signal
+    no-capture   resets or fd checks; no output capture; the done written without the
+    no-lock      stream lock
     no-warm-up   spares do not walk the job's path before their job comes
     prefork-pool 320 spares forked once, never refilled (for variant.py --seq-pause:
                  sequential jobs with no fork while they run)
@@ -69,7 +77,48 @@ Worker._op_job = _inline_op_job
 '''
 
 
+BARE_CHILD = '''
+def _bare_job_child(self, job_fd, result_fd):
+    exit_code = 1
+    try:
+        if self.spare_fds is not None:
+            for fd in self.spare_fds:
+                os.close(fd)
+        else:
+            self._close_worker_fds()
+        self._warm_up()
+        job = self._await_job(job_fd)
+        if job is None:
+            exit_code = 0
+            return
+        header, blob = job
+        args_len = header['args_len']
+        value = self.user_globals[self.config['name']](*pickle.loads(blob[:args_len]),
+                                                       **pickle.loads(blob[args_len:]))
+        result = pickle.dumps(value, RESULT_PROTOCOL)
+        os.write(self.ctl_out, frame_head(done_header(header['id'], {
+            'status': FINISHED, 'stdout': '', 'stderr': '', 'exception': None}),
+            len(result)) + result)
+        os.write(result_fd, _SENT)
+        exit_code = 0
+    finally:
+        os._exit(exit_code)
+
+
+Worker._job_child = _bare_job_child
+'''
+
 START_ZYGOTE = "            self._start_zygote()\n"
+SIGNALS_OFF = "            _signal.set_wakeup_fd(-1)\n            _signal.signal(_SIGCHLD, _signal.SIG_DFL)\n"
+SIGNALS_JOB = ("            _signal.signal(_SIGINT, _signal.default_int_handler)\n"
+               "            _signal.signal(_SIGTERM, _signal.SIG_DFL)\n")
+FD_IDS_BEFORE = "            ours = _fd_ids(result_fd, self.ctl_out, self.stream_lock.fd)\n"
+FD_IDS_AFTER = "            now = _fd_ids(result_fd, self.ctl_out, self.stream_lock.fd)\n"
+CAPTURE = "        stdout, stderr = sys.stdout, sys.stderr = io.StringIO(), io.StringIO()\n"
+CAPTURED = "'stdout': stdout.getvalue(), 'stderr': stderr.getvalue(),"
+LOCKED_DONE = ("        with self.stream_lock:\n            os.write(self.ctl_out, frame)\n"
+               "            write_all(result_fd, _SENT)\n")
+UNLOCKED_DONE = "        os.write(self.ctl_out, frame)\n        os.write(result_fd, _SENT)\n"
 WARM_UP = "            self._warm_up()\n"
 SPARES_LINE = "SPARES = 2\n"
 REFILL = "            while len(ready) < SPARES:\n"
@@ -107,6 +156,24 @@ def variants(src):
         # No process per job, so no zygote and no spare either.
         out['inline'] = (src[:i] + INLINE + src[i:]).replace(START_ZYGOTE, '').replace(
             'and self.zygote is None)', 'and False)')
+    if MAIN in src:
+        i = src.rindex(MAIN)
+        out['bare-child'] = src[:i] + BARE_CHILD + src[i:]
+    # Each of bare-child's cuts alone (none is a proposal): which of them carry its latency.
+    cuts = {
+        'no-prologue': [(CHILD_START + ": kill reaches the job's descendants\n", ''), (SIGNALS_OFF, ''), (SIGNALS_JOB, ''),
+                        (FD_IDS_BEFORE, '            ours = now = (0, 0, 0)\n'),
+                        (FD_IDS_AFTER, '')],
+        'no-capture': [(CAPTURE, '        stdout = stderr = io.StringIO()\n'),
+                       (CAPTURED, "'stdout': '', 'stderr': '',")],
+        'no-lock': [(LOCKED_DONE, UNLOCKED_DONE)],
+    }
+    for name, edits in cuts.items():
+        if all(old in src for old, _ in edits):
+            v = src
+            for old, new in edits:
+                v = v.replace(old, new, 1)
+            out[name] = v
     return out
 
 
