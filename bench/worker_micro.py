@@ -161,7 +161,8 @@ def variants(src):
         out['bare-child'] = src[:i] + BARE_CHILD + src[i:]
     # Each of bare-child's cuts alone (none is a proposal): which of them carry its latency.
     cuts = {
-        'no-prologue': [(CHILD_START + ": kill reaches the job's descendants\n", ''), (SIGNALS_OFF, ''), (SIGNALS_JOB, ''),
+        'no-prologue': [(CHILD_START + ": kill reaches the job's descendants\n", ''),
+                        (SIGNALS_OFF, ''), (SIGNALS_JOB, ''),
                         (FD_IDS_BEFORE, '            ours = now = (0, 0, 0)\n'),
                         (FD_IDS_AFTER, '')],
         'no-capture': [(CAPTURE, '        stdout = stderr = io.StringIO()\n'),
