@@ -7,7 +7,7 @@
 //! * the daemon serves a real dispy client job on sockets passed by `systemd-socket-activate`,
 //!   and refuses a datagram-only activation with a clear message;
 //! * the daemon speaks `sd_notify` to a socket the test binds: READY=1 only once its TCP port
-//!   accepts, WATCHDOG=1 at half of WATCHDOG_USEC, STATUS= lines, RELOADING=1/READY=1 on SIGHUP,
+//!   accepts, WATCHDOG=1 at half of WATCHDOG_USEC, STATUS= lines, RELOADING=1/READY=1 on SIGHUP (one reload at a time),
 //!   STOPPING=1 on SIGTERM;
 //! * with stderr connected to "the journal" (`$JOURNAL_STREAM`), log records go to journald's
 //!   socket with plain upper-case fields (COMPUTATION=, JOB=, ...); the test stands in for
@@ -852,6 +852,106 @@ fn sighup_reloads_with_reloading_then_ready() {
     assert!(
         daemon.alive(),
         "SIGHUP killed the daemon\n{}",
+        daemon.context()
+    );
+}
+
+/// Two SIGHUPs, the second while the first reload is still reading the file: the reloads
+/// run one after the other (RELOADING, READY, RELOADING, READY), so the file read last is the
+/// one applied and READY never comes before a reload that is still running. The config file is
+/// a FIFO: each read waits until the test writes it, which holds the first reload open.
+#[test]
+fn a_sighup_during_a_reload_waits_for_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let notify = NotifySocket::bind();
+    let port = support::free_port_pair();
+    let base = base_dir("reload-twice");
+    // The daemon reads the file again after dropping to nobody when started as root.
+    fs::set_permissions(base.path(), fs::Permissions::from_mode(0o755)).expect("chmod base");
+    let prefix = base.path().join("prefix");
+    fs::create_dir(&prefix).expect("mkdir prefix");
+    let fifo = base.path().join("dispynode.toml");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).expect("mkfifo");
+    // One permit, one read of the file served.
+    let (permit, permits) = std::sync::mpsc::channel::<()>();
+    let writer_path = fifo.clone();
+    thread::spawn(move || {
+        for () in permits {
+            match fs::OpenOptions::new().write(true).open(&writer_path) {
+                Ok(mut f) => {
+                    let _ = f.write_all(b"msg_timeout = 12\n");
+                }
+                Err(_) => return,
+            }
+        }
+    });
+    let mut cmd = Command::new(BIN);
+    node_args(&mut cmd, port, &prefix);
+    cmd.arg("--config")
+        .arg(&fifo)
+        .env("NOTIFY_SOCKET", &notify.path);
+    permit.send(()).expect("permit");
+    let mut daemon = Daemon::spawn(cmd, base.path().join("node.log"));
+    let ready = wait_ready(&mut daemon, &notify, port);
+    let limit = Duration::from_secs(20);
+    let fail = |what: &str, daemon: &Daemon| -> ! {
+        panic!(
+            "{what}; notifications:\n{}{}",
+            notify.dump(),
+            daemon.context()
+        )
+    };
+
+    kill(daemon.pid(), Signal::SIGHUP).expect("SIGHUP");
+    let first = notify
+        .wait_for("RELOADING=1", ready + 1, limit)
+        .unwrap_or_else(|| fail("no RELOADING=1 after the first SIGHUP", &daemon));
+    // The first reload now waits for the file; a second one must wait for it.
+    kill(daemon.pid(), Signal::SIGHUP).expect("SIGHUP");
+    if notify
+        .wait_for("RELOADING=1", first + 1, Duration::from_secs(2))
+        .is_some()
+    {
+        fail(
+            "a second reload began while the first was still reading the file",
+            &daemon,
+        );
+    }
+    permit.send(()).expect("permit");
+    let done = notify
+        .wait_for("READY=1", first + 1, limit)
+        .unwrap_or_else(|| fail("no READY=1 after the first reload read its file", &daemon));
+    let second = notify
+        .wait_for("RELOADING=1", done + 1, limit)
+        .unwrap_or_else(|| fail("the second SIGHUP was not acted on", &daemon));
+    permit.send(()).expect("permit");
+    notify
+        .wait_for("READY=1", second + 1, limit)
+        .unwrap_or_else(|| fail("no READY=1 after the second reload", &daemon));
+    let states: Vec<String> = notify.all()[ready + 1..]
+        .iter()
+        .flat_map(|(_, m)| {
+            m.lines()
+                .filter(|l| *l == "RELOADING=1" || *l == "READY=1")
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(
+        states,
+        ["RELOADING=1", "READY=1", "RELOADING=1", "READY=1"],
+        "reloads overlapped\n{}",
+        daemon.context()
+    );
+    assert!(
+        daemon.alive(),
+        "two SIGHUPs killed the daemon\n{}",
+        daemon.context()
+    );
+    assert_eq!(
+        daemon.log().matches("configuration reloaded").count(),
+        2,
+        "not two completed reloads\n{}",
         daemon.context()
     );
 }
