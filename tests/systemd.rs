@@ -7,8 +7,8 @@
 //! * the daemon serves a real dispy client job on sockets passed by `systemd-socket-activate`,
 //!   and refuses a datagram-only activation with a clear message;
 //! * the daemon speaks `sd_notify` to a socket the test binds: READY=1 only once its TCP port
-//!   accepts, WATCHDOG=1 at half of WATCHDOG_USEC, STATUS= lines, RELOADING=1/READY=1 on SIGHUP (one reload at a time),
-//!   STOPPING=1 on SIGTERM;
+//!   accepts, WATCHDOG=1 at half of WATCHDOG_USEC, STATUS= lines, RELOADING=1/READY=1 on
+//!   SIGHUP (one reload at a time), STOPPING=1 on SIGTERM;
 //! * with stderr connected to "the journal" (`$JOURNAL_STREAM`), log records go to journald's
 //!   socket with plain upper-case fields (COMPUTATION=, JOB=, ...); the test stands in for
 //!   journald in a private mount namespace.
