@@ -930,12 +930,9 @@ fn a_sighup_during_a_reload_waits_for_it() {
         .unwrap_or_else(|| fail("no READY=1 after the second reload", &daemon));
     let states: Vec<String> = notify.all()[ready + 1..]
         .iter()
-        .flat_map(|(_, m)| {
-            m.lines()
-                .filter(|l| *l == "RELOADING=1" || *l == "READY=1")
-                .map(str::to_owned)
-                .collect::<Vec<_>>()
-        })
+        .flat_map(|(_, m)| m.lines())
+        .filter(|l| *l == "RELOADING=1" || *l == "READY=1")
+        .map(str::to_owned)
         .collect();
     assert_eq!(
         states,
