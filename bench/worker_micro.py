@@ -27,6 +27,8 @@ changed):
     no-warm-up   spares do not walk the job's path before their job comes
     prefork-pool 320 spares forked once, never refilled (for variant.py --seq-pause:
                  sequential jobs with no fork while they run)
+    setsid       a session per job process instead of a process group (as before): a
+                 scheduler autogroup made and freed per job
     batch-fork   the zygote forks two spares back to back whenever fewer than two are
                  ready (three kept): does its own copy-on-write work after a fork (its
                  loop's pages) happen once per two spares?
@@ -58,7 +60,7 @@ with open(os.path.join(benchlib.REPO, 'runner', 'dispynode_boot.py')) as _fd:
 _LEN = struct.Struct('>L')
 
 SETUP_END = "        self.user_globals = user_globals\n        self.setup_args = setup_args\n        return None"
-CHILD_START = "            os.setsid()  # own process group"
+CHILD_START = "            os.setpgid(0, 0)\n"
 MAIN = "\nif __name__ == '__main__':"
 
 INLINE = '''
@@ -148,9 +150,9 @@ def variants(src):
             "            while len(ready) < target:\n")).replace(
                 ACCEPT, ACCEPT.replace('< SPARES:', '< SPARES + 1:'))
     if CHILD_START in src:
-        # Process group only: no new session, so no scheduler autogroup made and freed per job.
-        out['setpgid'] = src.replace(CHILD_START, CHILD_START.replace('os.setsid()',
-                                                                      'os.setpgid(0, 0)'))
+        # A session per job, as job processes had until they took a process group only: a
+        # scheduler autogroup made and freed per job.
+        out['setsid'] = src.replace(CHILD_START, '            os.setsid()\n')
     if MAIN in src:
         i = src.rindex(MAIN)
         # No process per job, so no zygote and no spare either.
@@ -161,7 +163,7 @@ def variants(src):
         out['bare-child'] = src[:i] + BARE_CHILD + src[i:]
     # Each of bare-child's cuts alone (none is a proposal): which of them carry its latency.
     cuts = {
-        'no-prologue': [(CHILD_START + ": kill reaches the job's descendants\n", ''),
+        'no-prologue': [(CHILD_START, ''),
                         (SIGNALS_OFF, ''), (SIGNALS_JOB, ''),
                         (FD_IDS_BEFORE, '            ours = now = (0, 0, 0)\n'),
                         (FD_IDS_AFTER, '')],

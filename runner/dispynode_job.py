@@ -582,7 +582,7 @@ class Zygote:
 
 def _kill_group(pid):
     """SIGKILL to a job process and its group: the group takes the job's descendants, the pid
-    itself covers the instant before the child's setsid()."""
+    itself covers the instant before the child's setpgid()."""
     for kill, target in ((os.killpg, pid), (os.kill, pid)):
         try:
             kill(target, signal.SIGKILL)
@@ -1130,7 +1130,10 @@ class Worker:
         the process ends here, so it cannot fall back into the worker loop."""
         exit_code = 1
         try:
-            os.setsid()  # own process group: kill reaches the job's descendants
+            # Own process group: kill reaches the job's descendants.  Not a session of its own:
+            # the worker's (the jail helper's setsid) has no controlling terminal, so neither has
+            # the job, and a session per job made and freed a scheduler autogroup per job.
+            os.setpgid(0, 0)
             # _signal, not signal: signal.signal() converts to and from enums, which touches
             # (copies) dozens of pages in every freshly forked job process.
             _signal.set_wakeup_fd(-1)

@@ -18,6 +18,8 @@
 //!   tests/interop.rs `cancel_kills_grandchildren`), nor does one that exits normally; a
 //!   cancel is answered even when a process escaped the job's session (setsid) holding the
 //!   job's output;
+//! * a job leads a process group of its own and has no controlling terminal, even when the
+//!   node was started with one (function jobs share the worker's terminal-less session);
 //! * started as root (CI), the daemon and a job run as the configured account (default
 //!   `dispynode`, else nobody/nogroup) with no capabilities (read from /proc);
 //! * real cgroup limits (pids.max fork bomb, memory.max hog) in the systemd VM of `../shared/vm`
@@ -44,7 +46,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 use serde_json::json;
-use support::{run_against, skip_under_reference, token, ClientRun, Node};
+use support::{run_against, skip_under_reference, token, ClientRun, Node, NodeOpts};
 
 /// The node's state directory under its prefix (the default `--state_dir`).
 const STATE_DIR: &str = ".dispynode";
@@ -571,6 +573,65 @@ fn rand_digits() -> String {
         "{:09}",
         u32::from_str_radix(&t, 16).unwrap_or(0) % 1_000_000_000
     )
+}
+
+/// The process group, session and controlling terminal (`tty_nr`, 0 for none) of `stat`, a
+/// /proc/PID/stat line.
+fn stat_fields(stat: &str) -> Option<(String, String, String)> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    let f: Vec<&str> = rest.split_whitespace().collect(); // state ppid pgrp session tty_nr ...
+    Some((
+        f.get(2)?.to_string(),
+        f.get(3)?.to_string(),
+        f.get(4)?.to_string(),
+    ))
+}
+
+/// A job leads a process group of its own (a cancel kills the group) and has no controlling
+/// terminal even when the node has one, as when an operator starts it in a shell: a job must
+/// not push input into the operator's terminal (TIOCSTI, CVE-2017-5226). A function job gets
+/// no session of its own: the worker's, made by the jail helper, already has no terminal, and
+/// a session per job made and freed a scheduler autogroup per job.
+#[test]
+fn jobs_lead_their_group_without_the_terminal_of_a_node_that_has_one() {
+    if skip() {
+        return;
+    }
+    let node = Node::start_with(NodeOpts {
+        controlling_tty: true,
+        ..NodeOpts::default()
+    });
+    let daemon = fs::read_to_string(format!("/proc/{}/stat", node.pid())).unwrap_or_default();
+    node.ensure(
+        stat_fields(&daemon).is_some_and(|(_, _, tty)| tty != "0"),
+        &format!("the node has no controlling terminal, so this test proves nothing: {daemon}"),
+    );
+    for kind in ["function", "program"] {
+        let run = run_against(&node, "probe_session", &[kind]);
+        run.assert_checks(&node, &["replied", "status", "stat", "closed"]);
+        let job = |k: &str| run.info(&format!("job_{k}")).unwrap_or_default();
+        let report = format!(
+            "{kind} job: pid {} pgrp {} session {} tty_nr {}\ndaemon: {daemon}",
+            job("pid"),
+            job("pgrp"),
+            job("session"),
+            job("tty_nr")
+        );
+        node.ensure(
+            job("tty_nr") == "0",
+            &format!("the job has a controlling terminal\n{report}"),
+        );
+        node.ensure(
+            !job("pid").is_empty() && job("pgrp") == job("pid"),
+            &format!("the job does not lead a process group of its own\n{report}"),
+        );
+        if kind == "function" {
+            node.ensure(
+                job("session") != job("pid"),
+                &format!("the function job has a session of its own\n{report}"),
+            );
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

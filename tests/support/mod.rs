@@ -20,6 +20,7 @@ use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -344,6 +345,9 @@ pub struct NodeOpts {
     /// A command the node's command line is appended to (e.g. `unshare ...`): the node runs
     /// through it (it must `exec` the node, so that the pid stays the node's).
     pub wrap: Vec<String>,
+    /// Start the node as the leader of a session whose controlling terminal is a pseudo
+    /// terminal of the test (its stdin), as when an operator runs it in a shell.
+    pub controlling_tty: bool,
 }
 
 impl Default for NodeOpts {
@@ -354,6 +358,7 @@ impl Default for NodeOpts {
             max_file_size: None,
             extra: Vec::new(),
             wrap: Vec::new(),
+            controlling_tty: false,
         }
     }
 }
@@ -370,6 +375,9 @@ pub struct Node {
     command: String,
     /// Set once the node process has been reaped (after `terminate`).
     reaped: Option<ExitStatus>,
+    /// The master side of the node's controlling terminal (`controlling_tty`): closing it
+    /// hangs the terminal up, so it is dropped after the node is stopped.
+    tty_master: Option<OwnedFd>,
 }
 
 impl Node {
@@ -421,7 +429,11 @@ impl Node {
                 .args(cmd.get_args());
             cmd = wrapped;
         }
-        let (child, command) = spawn_node(cmd, base.path(), log);
+        let pty = opts
+            .controlling_tty
+            .then(|| nix::pty::openpty(None, None).expect("open a pseudo terminal"));
+        let (child, command) =
+            spawn_node_with(cmd, base.path(), log, pty.as_ref().map(|p| &p.slave));
         let mut node = Node {
             child,
             port,
@@ -431,6 +443,7 @@ impl Node {
             log_path,
             command,
             reaped: None,
+            tty_master: pty.map(|p| p.master),
         };
         node.wait_accepting();
         node
@@ -650,15 +663,44 @@ pub fn node_command(imp: Impl, port: u16, prefix: &Path) -> Command {
 
 /// Starts a node command in `cwd` as its own process group, stdout and stderr to `log`:
 /// the child and the command line (for failure messages).
-pub fn spawn_node(mut cmd: Command, cwd: &Path, log: File) -> (Child, String) {
+pub fn spawn_node(cmd: Command, cwd: &Path, log: File) -> (Child, String) {
+    spawn_node_with(cmd, cwd, log, None)
+}
+
+/// [`spawn_node`]; with `tty` (the slave side of a pseudo terminal), the node is a session
+/// leader with `tty` as its stdin and controlling terminal instead.
+pub fn spawn_node_with(
+    mut cmd: Command,
+    cwd: &Path,
+    log: File,
+    tty: Option<&OwnedFd>,
+) -> (Child, String) {
     let log2 = log.try_clone().expect("clone log handle");
     cmd.current_dir(cwd)
-        .stdin(Stdio::null())
         .stdout(Stdio::from(log))
         .stderr(Stdio::from(log2))
         .env("PYTHONUNBUFFERED", "1")
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .process_group(0);
+        .env("PYTHONDONTWRITEBYTECODE", "1");
+    match tty {
+        None => {
+            cmd.stdin(Stdio::null()).process_group(0);
+        }
+        Some(tty) => {
+            cmd.stdin(Stdio::from(tty.try_clone().expect("dup the terminal")));
+            // SAFETY: setsid and ioctl are async-signal-safe and act on the child alone; the
+            // hook allocates nothing.
+            unsafe {
+                cmd.pre_exec(|| {
+                    nix::unistd::setsid()?;
+                    // stdin is the terminal by now (the hook runs after the redirections).
+                    if libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+    }
     let command = format!("{cmd:?}");
     let child = cmd
         .spawn()
