@@ -20,7 +20,7 @@ use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -29,7 +29,7 @@ use std::sync::{Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use nix::fcntl::{Flock, FlockArg};
+use nix::fcntl::{FcntlArg, FdFlag, Flock, FlockArg};
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
@@ -429,9 +429,15 @@ impl Node {
                 .args(cmd.get_args());
             cmd = wrapped;
         }
-        let pty = opts
-            .controlling_tty
-            .then(|| nix::pty::openpty(None, None).expect("open a pseudo terminal"));
+        let pty = opts.controlling_tty.then(|| {
+            let pty = nix::pty::openpty(None, None).expect("open a pseudo terminal");
+            // Not into what other tests start meanwhile (openpty does not set it).
+            for fd in [&pty.master, &pty.slave] {
+                nix::fcntl::fcntl(fd.as_raw_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))
+                    .expect("FD_CLOEXEC on the pseudo terminal");
+            }
+            pty
+        });
         let (child, command) =
             spawn_node_with(cmd, base.path(), log, pty.as_ref().map(|p| &p.slave));
         let mut node = Node {
