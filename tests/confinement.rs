@@ -575,16 +575,10 @@ fn rand_digits() -> String {
     )
 }
 
-/// The process group, session and controlling terminal (`tty_nr`, 0 for none) of `stat`, a
-/// /proc/PID/stat line.
-fn stat_fields(stat: &str) -> Option<(String, String, String)> {
+/// The controlling terminal (`tty_nr`, "0" for none) in `stat`, a /proc/PID/stat line.
+fn tty_nr(stat: &str) -> Option<&str> {
     let (_, rest) = stat.rsplit_once(')')?;
-    let f: Vec<&str> = rest.split_whitespace().collect(); // state ppid pgrp session tty_nr ...
-    Some((
-        f.get(2)?.to_string(),
-        f.get(3)?.to_string(),
-        f.get(4)?.to_string(),
-    ))
+    rest.split_whitespace().nth(4) // state ppid pgrp session tty_nr ...
 }
 
 /// A job leads a process group of its own (a cancel kills the group) and has no controlling
@@ -603,7 +597,7 @@ fn jobs_lead_their_group_without_the_terminal_of_a_node_that_has_one() {
     });
     let daemon = fs::read_to_string(format!("/proc/{}/stat", node.pid())).unwrap_or_default();
     node.ensure(
-        stat_fields(&daemon).is_some_and(|(_, _, tty)| tty != "0"),
+        tty_nr(&daemon).is_some_and(|tty| tty != "0"),
         &format!("the node has no controlling terminal, so this test proves nothing: {daemon}"),
     );
     for kind in ["function", "program"] {
