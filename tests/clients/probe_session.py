@@ -33,15 +33,14 @@ def fields(stat):
 
 def main():
     kind = common.arg(2)
+    computation = own_stat
     if kind == 'program':
         with open('probe_session.sh', 'w') as fd:
             fd.write(PROG)
         os.chmod('probe_session.sh', 0o755)
-        c = common.cluster(os.path.abspath('probe_session.sh'))
-        job = common.submit(c)
-    else:
-        c = common.cluster(own_stat)
-        job = common.submit(c)
+        computation = os.path.abspath('probe_session.sh')
+    c = common.cluster(computation)
+    job = common.submit(c)
     replied = common.wait_job(job, 60)
     common.check('replied', replied, common.status_name(job.status))
     common.check_eq('status', common.status_name(job.status),
