@@ -879,7 +879,7 @@ fn rand_digits() -> String {
 // ===========================================================================
 // 3. RETRIEVE_JOB / PENDING_JOBS / JOBS.
 
-/// JOBS lists a running job; PENDING_JOBS lists a result the node could not
+/// JOBS lists a running job (to its computation's auth only); PENDING_JOBS lists a result the node could not
 /// deliver; RETRIEVE_JOB hands it out (status Finished, right result) and
 /// keeps it until the client ACKs; after the ACK it is gone for good and not
 /// pushed again.
@@ -889,6 +889,7 @@ fn retrieve_and_pending_jobs() {
     let mut expected = vec![
         "jobs_lists_running",
         "jobs_raw_uid",
+        "jobs_wrong_auth_empty",
         "delivery_attempted",
         "jobs_empty_after_finish",
         "retrieve_wrong_hash_refused",

@@ -742,11 +742,17 @@ impl Node {
         let Ok(req) = decode_as(body, ComputeRequest::from_value) else {
             return Ok(());
         };
+        // Only to the computation's own auth (the reference answers others `[]` too): the
+        // uids of another client's jobs are not theirs to see.
         let uids: Vec<Value> = {
             let st = self.lock();
+            let owner = st
+                .computations
+                .get(&req.compute_id)
+                .is_some_and(|c| req.auth.as_deref() == Some(c.compute.auth.as_str()));
             st.jobs
                 .values()
-                .filter(|j| j.compute_id == req.compute_id)
+                .filter(|j| owner && j.compute_id == req.compute_id)
                 .map(|j| Value::Int(j.uid))
                 .collect()
         };

@@ -67,6 +67,10 @@ if __name__ == '__main__':
     common.check('jobs_raw_uid', isinstance(raw, list) and uid in raw,
                  'JOBS reply %r, want a list with %r' % (raw, uid))
 
+    forged = lc.raw_request(c, b'JOBS:', lc.compute_req(c, auth='0' * len(c._compute.auth)))
+    common.check('jobs_wrong_auth_empty', forged == [],
+                 'JOBS with a wrong computation auth gave %r, want []' % (forged,))
+
     attempted = proxy.wait_rejected(1, 40)
     common.check('delivery_attempted', attempted, 'the node never tried to push the result')
     gone = common.wait_until(lambda: uid not in (lc.raw_request(c, b'JOBS:', lc.compute_req(c)) or []), 5, step=0.3)
