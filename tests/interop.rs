@@ -230,6 +230,49 @@ fn setup_and_cleanup_functions() {
     assert_nothing_outside_prefix(&node);
 }
 
+/// The client's calls on one node: `submit_node`, `node_jobs(from_node=True)` (JOBS),
+/// `resetup_node` (CLOSE with close=False: cleanup, then the client's SETUP again) and
+/// `close_node(terminate_pending=True)` while a job runs (it ends Terminated).
+#[test]
+fn node_calls_of_the_client() {
+    if skip_under_reference(
+        "in setup-process mode without psutil the reference cannot terminate the job close_node \
+         ends (protocol G17); jobs after its resetup sometimes stay Created",
+    ) {
+        return;
+    }
+    let mut node = Node::start();
+    let tok = format!("calls{}", token());
+    let run = run_against(&node, "node_calls", &[&tok]);
+    run.assert_checks(
+        &node,
+        &[
+            "node",
+            "submit_node",
+            "node_jobs_from_node",
+            "running_job",
+            "resetup_node",
+            "setup_ran_again",
+            "close_node",
+            "close_node_terminates",
+        ],
+    );
+    // cleanup ran once for resetup_node and once for close_node, not again at the
+    // client's close (the computation was gone by then).
+    let needle = format!("INTEROP_NODE_CALLS_CLEANUP {tok}");
+    let twice = support::wait_until(Duration::from_secs(10), || {
+        node.log().matches(&needle).count() >= 2
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let count = node.log().matches(&needle).count();
+    node.ensure(
+        twice && count == 2,
+        &format!("cleanup ran {count} times, want 2 (resetup_node, close_node)"),
+    );
+    node.assert_alive();
+    assert_nothing_outside_prefix(&node);
+}
+
 #[test]
 fn provisional_result_and_send_file_to_running_job() {
     node_after_script(

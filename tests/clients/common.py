@@ -113,8 +113,17 @@ dispy._DispyJob_.__init__ = _remember_job
 
 def submit(c, *args, **kwargs):
     """c.submit(*args, **kwargs), or the job it made if the race above hid it."""
+    return _submitted(c.submit, *args, **kwargs)
+
+
+def submit_node(c, node, *args, **kwargs):
+    """c.submit_node(node, *args, **kwargs), recovered from the same race."""
+    return _submitted(c.submit_node, node, *args, **kwargs)
+
+
+def _submitted(submit_call, *args, **kwargs):
     _created.job = None
-    job = c.submit(*args, **kwargs)
+    job = submit_call(*args, **kwargs)
     if job is None and _created.job is not None:
         info('client_submit_race', 'submit() returned None for a job that had already '
              'finished; using the job the client made')
