@@ -879,10 +879,10 @@ fn rand_digits() -> String {
 // ===========================================================================
 // 3. RETRIEVE_JOB / PENDING_JOBS / JOBS.
 
-/// JOBS lists a running job (to its computation's auth only); PENDING_JOBS lists a result the node could not
-/// deliver; RETRIEVE_JOB hands it out (status Finished, right result) and
-/// keeps it until the client ACKs; after the ACK it is gone for good and not
-/// pushed again.
+/// JOBS lists a running job (to its computation's auth only); PENDING_JOBS
+/// lists a result the node could not deliver; RETRIEVE_JOB hands it out
+/// (status Finished, right result) and keeps it until the client ACKs; after
+/// the ACK it is gone for good and not pushed again.
 #[test]
 fn retrieve_and_pending_jobs() {
     let mut node = LifeNode::start(&LifeOpts::default());
