@@ -922,6 +922,32 @@ fn retrieve_and_pending_jobs() {
     node.assert_alive();
 }
 
+/// Two clients, one after the other, whose computations have the same id (dispy takes it
+/// from the client's clock) and whose results the node had to save: PENDING_JOBS,
+/// RETRIEVE_JOB and RESEND_JOB_RESULTS with one client's auth see only that client's saved
+/// result, never the other's (they used to go by the id alone).
+#[test]
+fn saved_results_of_a_repeated_computation_id_stay_apart() {
+    if skip_under_reference("the reference's PENDING_JOBS always answers done=[] (protocol G13)") {
+        return;
+    }
+    let mut node = LifeNode::start(&LifeOpts::default());
+    let expected = [
+        "both_saved",
+        "pending_own_only_a",
+        "retrieve_not_other_a",
+        "resend_counts_own_a",
+        "pending_own_only_b",
+        "retrieve_not_other_b",
+        "resend_counts_own_b",
+        "retrieve_own_a",
+        "retrieve_own_b",
+    ];
+    let run = node.run("life_same_id", &[]);
+    node.assert_run(&run, &expected);
+    node.assert_alive();
+}
+
 // ===========================================================================
 // 4. Zombie detection.
 

@@ -662,8 +662,8 @@ impl Node {
             if self.lock().saved_results > 0 {
                 // The client is reachable again: send what it missed (§4.2).
                 let n = self.clone();
-                let cid = job.compute_id;
-                tokio::spawn(async move { n.resend_results(Some(cid)).await });
+                let computation = (job.compute_id, compute_auth);
+                tokio::spawn(async move { n.resend_results(Some(computation)).await });
             }
         } else {
             let saved = SavedResult {
@@ -755,17 +755,21 @@ impl Node {
         }
     }
 
-    /// Saved results of one computation (empty on any error, which the store logs).
-    pub(crate) async fn saved_for(&self, compute_id: i64) -> Vec<SavedResult> {
+    /// Saved results of one computation, `compute_id` with `auth` (empty on any error, which
+    /// the store logs). Ids come from the client's clock and can repeat: a result of another
+    /// computation with the same id is not this one's.
+    pub(crate) async fn saved_for(&self, compute_id: i64, auth: &str) -> Vec<SavedResult> {
         if self.lock().saved_results == 0 {
             return Vec::new();
         }
         let store = self.results.clone();
-        tokio::task::spawn_blocking(move || store.for_compute(compute_id))
+        let mut saved = tokio::task::spawn_blocking(move || store.for_compute(compute_id))
             .await
             .ok()
             .and_then(Result::ok)
-            .unwrap_or_default()
+            .unwrap_or_default();
+        saved.retain(|r| r.compute_auth == auth);
+        saved
     }
 
     /// Deletes a result the client acknowledged.
@@ -780,24 +784,26 @@ impl Node {
         }
     }
 
-    /// Pushes saved results (of one computation, or all) to their clients; removes each one
-    /// the client acknowledges.
-    pub(crate) async fn resend_results(self: Arc<Self>, compute_id: Option<i64>) {
+    /// Pushes saved results (of one computation, `(id, auth)`, or all) to their clients;
+    /// removes each one the client acknowledges.
+    pub(crate) async fn resend_results(self: Arc<Self>, computation: Option<(i64, String)>) {
         let Ok(_one) = self.resending.try_lock() else {
             return;
         };
         if self.lock().saved_results == 0 {
             return;
         }
-        let store = self.results.clone();
-        let all = tokio::task::spawn_blocking(move || match compute_id {
-            Some(c) => store.for_compute(c),
-            None => store.list(),
-        })
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .unwrap_or_default();
+        let all = match computation {
+            Some((id, auth)) => self.saved_for(id, &auth).await,
+            None => {
+                let store = self.results.clone();
+                tokio::task::spawn_blocking(move || store.list())
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .unwrap_or_default()
+            }
+        };
         // Like the reference, at most 64 per pass.
         for r in all.into_iter().take(64) {
             if self.deliver(&r.payload, r.reply_addr, r.uid).await {

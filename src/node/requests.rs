@@ -759,27 +759,36 @@ impl Node {
         self.reply_pickle(s, &Value::List(uids)).await
     }
 
-    /// Checks a saved-results request: its `auth` must be the computation's, whether the
-    /// computation is still registered or known only from its saved results.
-    async fn saved_request(
-        &self,
-        body: &[u8],
-    ) -> Option<(ComputeRequest, Vec<crate::results::SavedResult>)> {
+    /// Checks a saved-results request: its `auth` must be that of the registered computation
+    /// or of saved results of that id. The answer holds only the results saved with that auth
+    /// and whether the registered computation is the asker's (then its running jobs count).
+    async fn saved_request(&self, body: &[u8]) -> Option<SavedRequest> {
         let req = decode_as(body, ComputeRequest::from_value).ok()?;
         let auth = req.auth.clone()?;
         let registered = self
             .lock()
             .computations
             .get(&req.compute_id)
-            .map(|c| c.compute.auth.clone());
-        let saved = self.saved_for(req.compute_id).await;
-        let known = registered
-            .as_deref()
-            .or_else(|| saved.first().map(|r| r.compute_auth.as_str()));
-        if known != Some(auth.as_str()) {
+            .is_some_and(|c| c.compute.auth == auth);
+        let saved = self.saved_for(req.compute_id, &auth).await;
+        if !registered && saved.is_empty() {
             return None;
         }
-        Some((req, saved))
+        Some(SavedRequest {
+            req,
+            auth,
+            saved,
+            registered,
+        })
+    }
+
+    /// Running jobs of the asker's computation: none unless it is the registered one.
+    fn running_for(&self, asked: &SavedRequest) -> usize {
+        if asked.registered {
+            self.unfinished_jobs(asked.req.compute_id)
+        } else {
+            0
+        }
     }
 
     /// Jobs of a computation that are still running (not yet delivering their result).
@@ -792,15 +801,20 @@ impl Node {
     }
 
     async fn pending_jobs_value(&self, body: &[u8]) -> Value {
-        let Some((req, saved)) = self.saved_request(body).await else {
+        let Some(asked) = self.saved_request(body).await else {
             return Value::str_dict([
                 ("done", Value::List(Vec::new())),
                 ("pending", Value::Int(0)),
             ]);
         };
-        let running = self.unfinished_jobs(req.compute_id);
+        let running = self.running_for(&asked);
         // The reference caps the list at about 51 uids per answer.
-        let done = saved.iter().take(51).map(|r| Value::Int(r.uid)).collect();
+        let done = asked
+            .saved
+            .iter()
+            .take(51)
+            .map(|r| Value::Int(r.uid))
+            .collect();
         Value::str_dict([
             ("done", Value::List(done)),
             ("pending", Value::Int(running as i64)),
@@ -813,7 +827,7 @@ impl Node {
         body: &[u8],
         peer: SocketAddr,
     ) -> Result<(), NetError> {
-        let Some((req, saved)) = self.saved_request(body).await else {
+        let Some(SavedRequest { req, saved, .. }) = self.saved_request(body).await else {
             tracing::info!(client = %peer, "refused RETRIEVE_JOB: unknown computation or wrong auth");
             return self.reply_pickle(s, &Value::None).await;
         };
@@ -839,18 +853,30 @@ impl Node {
         body: &[u8],
         peer: SocketAddr,
     ) -> Result<(), NetError> {
-        let Some((req, saved)) = self.saved_request(body).await else {
+        let Some(asked) = self.saved_request(body).await else {
             tracing::info!(client = %peer, "refused RESEND_JOB_RESULTS: unknown computation or wrong auth");
             return self.reply_pickle(s, &Value::Int(0)).await;
         };
-        let running = self.unfinished_jobs(req.compute_id);
+        let running = self.running_for(&asked);
         let r = self
-            .reply_pickle(s, &Value::Int((saved.len() + running) as i64))
+            .reply_pickle(s, &Value::Int((asked.saved.len() + running) as i64))
             .await;
         let n = self.clone();
-        tokio::spawn(async move { n.resend_results(Some(req.compute_id)).await });
+        let computation = (asked.req.compute_id, asked.auth);
+        tokio::spawn(async move { n.resend_results(Some(computation)).await });
         r
     }
+}
+
+/// A saved-results request (PENDING_JOBS, RETRIEVE_JOB, RESEND_JOB_RESULTS) whose auth
+/// checked out.
+struct SavedRequest {
+    req: ComputeRequest,
+    auth: String,
+    /// The results saved for this computation id with this auth.
+    saved: Vec<crate::results::SavedResult>,
+    /// Whether the registered computation of this id is the asker's.
+    registered: bool,
 }
 
 /// A request body unpickled and read as a typed message; the error is the text refusals log.
