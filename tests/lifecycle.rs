@@ -955,7 +955,9 @@ fn saved_results_of_a_repeated_computation_id_stay_apart() {
 /// closing.  The node must consider it gone about a minute after the last
 /// contact (not much earlier, and within 100 s): its computation directory
 /// is removed and a new client, on another port (another scheduler), gets
-/// the node and runs jobs.
+/// the node and runs jobs.  Meanwhile a peer with the node's secret but not
+/// the computation's auth keeps sending requests (life_keeper.py): they must
+/// not keep the dead client's computation, and so the node, taken.
 #[test]
 fn zombie_client_frees_the_node() {
     let mut node = LifeNode::start(&LifeOpts::with(&["--zombie_interval", "1"]));
@@ -964,7 +966,22 @@ fn zombie_client_frees_the_node() {
     let idle = client.wait_line("INFO phase=idle", Duration::from_secs(60));
     let dest = client.info("dest_dir");
     let t0 = Instant::now();
+    let keeper = (|| {
+        let (auth, id) = (client.info("node_auth")?, client.info("compute_id")?);
+        Some(spawn_client(
+            "life_keeper",
+            &[&port, &auth, &id],
+            Duration::from_secs(200),
+        ))
+    })();
     let run = client.kill9();
+    let keeping = keeper
+        .as_ref()
+        .and_then(|k| k.wait_line("INFO sent=", Duration::from_secs(20)));
+    node.ensure(
+        keeping.is_some(),
+        "the keeper (life_keeper.py) did not start sending",
+    );
     node.ensure(
         idle.is_some(),
         &format!("the first client never became idle\n{}", run.report()),
@@ -1000,6 +1017,9 @@ fn zombie_client_frees_the_node() {
             after.as_secs_f64()
         ),
     );
+    if let Some(k) = keeper {
+        k.kill9();
+    }
     thread::sleep(Duration::from_secs(2));
     let other = free_port().to_string();
     let run = node.run("life_basic", &["--client-port", &other]);

@@ -111,9 +111,10 @@ impl Node {
             }
             return;
         }
-        if tag != b"PING" {
-            self.touch();
-        }
+        // The zombie clock is reset by what only the scheduler can do: a request that a
+        // registered computation accepts (each handler touches), a delivered reply, a PULSE
+        // answered; not by any request with the node's secret, which would let anyone keep a
+        // dead client's computation, and so the node, taken for good.
         let r = match tag {
             b"PING" => {
                 self.on_ping(body, peer.ip().to_canonical());
@@ -277,6 +278,7 @@ impl Node {
         {
             let mut st = self.lock();
             st.scheduler = Some((compute.scheduler_ip_addr.clone(), compute.scheduler_port));
+            st.last_activity = std::time::Instant::now();
             st.announce_port = compute.scheduler_port;
             st.last_scheduler_ip = Some(compute.scheduler_ip_addr.clone());
             st.computations.insert(
@@ -427,6 +429,7 @@ impl Node {
             tracing::warn!(client = %peer, file = %xf.name, "refused FILEXFER: unknown computation");
             return self.reply_pickle(s, &Value::Int(-1)).await;
         };
+        self.touch();
         let max = self.live().max_file_size;
         if max > 0 && xf.size > max {
             tracing::warn!(client = %peer, file = %xf.name, size = xf.size, limit = max, "refused FILEXFER: over max_file_size");
@@ -552,6 +555,7 @@ impl Node {
             tracing::warn!(client = %peer, computation = req.compute_id, "refused SETUP: unknown computation");
             return self.reply_raw(s, "invalid computation").await;
         };
+        self.touch();
         if already {
             return self.reply_raw(s, "invalid computation").await;
         }
@@ -597,6 +601,9 @@ impl Node {
             let mut st = self.lock();
             let sched = st.scheduler.as_ref().map(|s| s.0.clone());
             let avail = st.avail_cpus;
+            if st.computations.contains_key(&job.compute_id) {
+                st.last_activity = std::time::Instant::now();
+            }
             match st.computations.get(&job.compute_id) {
                 None => Err("Invalid job (unknown computation)".into()),
                 Some(c) if c.closing => Err("Invalid job (computation is closing)".into()),
@@ -681,6 +688,7 @@ impl Node {
         };
         match found {
             Some(id) => {
+                self.touch();
                 tracing::info!(client = %peer, computation = compute_id, job = uid, "terminating job");
                 self.terminate_job(id).await;
             }
@@ -716,6 +724,7 @@ impl Node {
             }
         };
         if valid {
+            self.touch();
             if req.terminate_pending {
                 let ids: Vec<u64> = self
                     .lock()
@@ -745,11 +754,14 @@ impl Node {
         // Only to the computation's own auth (the reference answers others `[]` too): the
         // uids of another client's jobs are not theirs to see.
         let uids: Vec<Value> = {
-            let st = self.lock();
+            let mut st = self.lock();
             let owner = st
                 .computations
                 .get(&req.compute_id)
                 .is_some_and(|c| req.auth.as_deref() == Some(c.compute.auth.as_str()));
+            if owner {
+                st.last_activity = std::time::Instant::now();
+            }
             st.jobs
                 .values()
                 .filter(|j| owner && j.compute_id == req.compute_id)
@@ -770,6 +782,9 @@ impl Node {
             .computations
             .get(&req.compute_id)
             .is_some_and(|c| c.compute.auth == auth);
+        if registered {
+            self.touch();
+        }
         let saved = self.saved_for(req.compute_id, &auth).await;
         if !registered && saved.is_empty() {
             return None;
