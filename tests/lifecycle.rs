@@ -1120,9 +1120,11 @@ fn hhmm(minute_of_day: u32) -> String {
     format!("{:02}:{:02}", m / 60, m % 60)
 }
 
-/// `--service_start now+1min --service_end now+3min`: a client started right
-/// away gets no node within 15 s and nothing runs; once the start minute has
-/// come, a client gets the node and runs jobs.
+/// `--service_start now+1min --service_end now+3min`: before the start minute a PING gets
+/// no PONG (a client that took one would only be refused), a client started right away gets
+/// no node within 12 s and nothing runs; a client that starts before the window opens and
+/// waits gets the node once it opens (the node announces itself then, here to
+/// `--scheduler_node`, the client's port) and runs its jobs.
 #[test]
 fn service_window_refuses_then_accepts() {
     // the refused client (about 17 s: start-up, --wait 12, close) must be done before the
@@ -1135,25 +1137,39 @@ fn service_window_refuses_then_accepts() {
     let now = h * 60 + m;
     let start = hhmm(now + 1);
     let end = hhmm(now + 3);
-    let opened_at = Instant::now() + Duration::from_secs(u64::from(60 - s) + 4);
+    let scheduler = match node_impl() {
+        Impl::Ours => "--scheduler_node",
+        Impl::Reference => "--scheduler_host",
+    };
     let mut node = LifeNode::start(&LifeOpts::with(&[
         "--service_start",
         &start,
         "--service_end",
         &end,
+        scheduler,
+        "127.0.0.1",
     ]));
     eprintln!("local time {h:02}:{m:02}:{s:02}, service window {start}-{end}");
+    let run = node.run("life_ping", &["--expect", "none"]);
+    node.assert_run(&run, &["no_pong"]);
     let run = node.run("life_basic", &["--expect", "none", "--wait", "12"]);
     node.assert_run(&run, &["no_reply", "not_run", "no_node"]);
+    let port = node.port().to_string();
+    let waiting = spawn_client("life_basic", &[&port], Duration::from_secs(150));
     let (h2, m2, _) = local_time();
     node.ensure(
         h2 * 60 + m2 == now,
         "the refused client ran past the start of the window: the check is void (slow machine?)",
     );
-    let wait = opened_at.saturating_duration_since(Instant::now());
-    thread::sleep(wait);
-    let run = node.run("life_basic", &[]);
-    node.assert_run(&run, &["replied", "results", "closed"]);
+    let run = waiting.finish();
+    run.assert_checks(&node, &["replied", "results", "closed"]);
+    let (h3, m3, _) = local_time();
+    node.ensure(
+        h3 * 60 + m3 > now,
+        "the waiting client ran its jobs before the window opened",
+    );
+    let run = node.run("life_ping", &["--expect", "pong"]);
+    node.assert_run(&run, &["pong"]);
     node.assert_alive();
 }
 

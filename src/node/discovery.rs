@@ -1,5 +1,6 @@
 //! Discovery: PING from clients (UDP or TCP) answered with PONG on new connections, and the
-//! node's own announcements (at start, when it becomes free, and TERMINATED at shutdown).
+//! node's own announcements (at start, when it becomes free or its service window opens, and
+//! TERMINATED at shutdown).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -84,6 +85,12 @@ impl Node {
                 return;
             }
         }
+        // Outside the service window too (as the reference): a client that took the PONG
+        // would only have its computation refused. The node announces itself at opening.
+        if self.service() != super::timers::Service::Open {
+            tracing::debug!(client = %src, "PING outside the service window: not answered");
+            return;
+        }
         let mut targets: Vec<IpAddr> = Vec::new();
         for a in ping
             .ip_addrs
@@ -151,10 +158,19 @@ impl Node {
         out
     }
 
-    /// The start-up announcement to the scheduler port (and to `--scheduler_node`).
+    /// The start-up announcement to the scheduler port (and to `--scheduler_node`); outside
+    /// the service window it waits for the window to open (`announce_available`).
     pub(crate) async fn announce_startup(self: Arc<Self>) {
         // Like the reference, give listeners a moment and clients a chance to be up.
         tokio::time::sleep(Duration::from_millis(200)).await;
+        if self.service() == super::timers::Service::Open {
+            self.announce_available().await;
+        }
+    }
+
+    /// Tells schedulers that the node can take a client: the broadcast (or loopback) to the
+    /// scheduler port, and a direct PING to `--scheduler_node`.
+    pub(crate) async fn announce_available(&self) {
         let port = self.cfg.scheduler_port;
         self.announce(port, None).await;
         if let Some(host) = self.cfg.scheduler_node.clone() {

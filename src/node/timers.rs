@@ -134,6 +134,10 @@ impl Node {
     async fn service_changed(self: &Arc<Self>, service: Service) {
         tracing::info!(service = ?service, "service window changed");
         if service == Service::Open {
+            // PINGs went unanswered while closed: tell schedulers now, if we are free.
+            if self.lock().computations.is_empty() {
+                self.announce_available().await;
+            }
             return;
         }
         // Tell the scheduler we have no CPUs for it any more (NODE_CPUS, §2.3.6).

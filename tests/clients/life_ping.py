@@ -1,0 +1,54 @@
+"""One TCP PING to the node, as a client discovering it sends it (the dummy auth prefix that
+PINGs may carry), with a listener of our own as the reply port: the node answers a free,
+open node's PING with a PONG on a new connection to that port.
+
+argv: PORT --expect pong|none [--wait SECS]
+Checks: pong (a PONG came within --wait, default 3 s) or no_pong (nothing came)
+"""
+import socket
+import sys
+import time
+
+import common
+import dispy
+from pycos import AsyncSocket, serialize
+
+
+def opt(name, default=None):
+    if name in sys.argv:
+        i = sys.argv.index(name)
+        if i + 1 < len(sys.argv):
+            return sys.argv[i + 1]
+    return default
+
+
+if __name__ == '__main__':
+    port = common.port()
+    expect = opt('--expect', 'pong')
+    wait = float(opt('--wait', '3'))
+    listener = socket.socket()
+    listener.bind(('127.0.0.1', 0))
+    listener.listen(8)
+    listener.settimeout(common.budget(wait))
+    ping = {'version': dispy._dispy_version, 'sign': 'p' * 40,
+            'port': listener.getsockname()[1], 'ip_addrs': ['127.0.0.1']}
+    sock = AsyncSocket(socket.socket(), blocking=True)
+    sock.settimeout(5)
+    sock.connect(('127.0.0.1', port))
+    sock.sendall(b'x' * 40)
+    sock.send_msg(b'PING:' + serialize(ping))
+    sock.close()
+    got = b''
+    try:
+        conn, _ = listener.accept()
+        conn = AsyncSocket(conn, blocking=True)
+        conn.settimeout(5)
+        got = conn.recv_msg() or b''
+        conn.close()
+    except (socket.timeout, OSError):
+        pass
+    if expect == 'pong':
+        common.check('pong', got.startswith(b'PONG:'), got[:40])
+    else:
+        common.check('no_pong', not got, got[:40])
+    common.finish()
