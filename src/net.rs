@@ -101,30 +101,35 @@ async fn read_body<S: AsyncRead + Unpin>(
     Ok(buf)
 }
 
-/// Writes one frame (header and payload in one call where possible).
+/// Writes one frame (header and payload in one call where possible). A large payload gets
+/// `limit` per [`WRITE_CHUNK`], not for the whole: a 50 MiB result must reach a client behind
+/// a slower link as long as it keeps reading (the reference's timeout is per send too).
 pub async fn write_frame<S: AsyncWrite + Unpin>(
     s: &mut S,
     payload: &[u8],
     limit: Duration,
 ) -> Result<(), NetError> {
     let head = frame::header(payload.len())?;
-    let work = async {
-        if payload.len() < 64 * 1024 {
-            let mut buf = Vec::with_capacity(HEADER_LEN + payload.len());
-            buf.extend_from_slice(&head);
-            buf.extend_from_slice(payload);
-            s.write_all(&buf).await?;
-        } else {
-            s.write_all(&head).await?;
-            s.write_all(payload).await?;
+    if payload.len() < 64 * 1024 {
+        let mut buf = Vec::with_capacity(HEADER_LEN + payload.len());
+        buf.extend_from_slice(&head);
+        buf.extend_from_slice(payload);
+        write_raw(s, &buf, limit).await?;
+    } else {
+        write_raw(s, &head, limit).await?;
+        for chunk in payload.chunks(WRITE_CHUNK) {
+            write_raw(s, chunk, limit).await?;
         }
-        s.flush().await
-    };
-    match timeout(limit, work).await {
+    }
+    match timeout(limit, s.flush()).await {
         Err(_) => Err(NetError::Timeout),
         Ok(r) => r.map_err(NetError::from),
     }
 }
+
+/// How much of a frame must go out within one `limit` (1 MiB: at the default 5 s, a peer
+/// reading at least about 200 kB/s is never cut off).
+pub const WRITE_CHUNK: usize = 1 << 20;
 
 /// Writes raw bytes with a timeout.
 pub async fn write_raw<S: AsyncWrite + Unpin>(
@@ -249,6 +254,49 @@ mod tests {
             read_frame(&mut b, 100, Duration::from_secs(1)).await,
             Err(NetError::Closed)
         ));
+    }
+
+    /// A frame larger than what a slow reader takes within one `limit` still arrives whole,
+    /// as long as each WRITE_CHUNK goes out within it; a reader that stops gets a timeout.
+    #[tokio::test]
+    async fn slow_reader_gets_a_large_frame_and_a_stopped_one_times_out() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let payload: Vec<u8> = (0..8 * WRITE_CHUNK).map(|i| (i % 251) as u8).collect();
+        let reader = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut got = Vec::new();
+            let mut buf = vec![0u8; 128 * 1024];
+            // About 2.5 MB/s: a 1 MiB chunk in ~0.4 s, the whole frame in ~3.4 s.
+            loop {
+                let n = s.read(&mut buf).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            got
+        });
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let limit = Duration::from_secs(1);
+        let started = std::time::Instant::now();
+        write_frame(&mut s, &payload, limit).await.unwrap();
+        drop(s);
+        let got = reader.await.unwrap();
+        assert!(
+            started.elapsed() > limit,
+            "the reader was not slower than the limit"
+        );
+        assert_eq!(got.len(), HEADER_LEN + payload.len());
+        assert!(got[HEADER_LEN..] == payload[..]);
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let (_peer, _) = listener.accept().await.unwrap(); // never reads
+        let r = write_frame(&mut s, &payload, Duration::from_millis(300)).await;
+        assert!(matches!(r, Err(NetError::Timeout)), "{r:?}");
     }
 
     #[test]
