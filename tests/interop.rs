@@ -355,6 +355,29 @@ fn program_computation() {
     }
 }
 
+/// A program job's output when a process that left the job's group holds the script's
+/// stdout (what arrived is kept: it used to come back empty), and when a stream is over the
+/// node's 64 MiB per stream (the client is told in stderr what was dropped).
+#[test]
+fn program_output_held_open_or_over_the_limit() {
+    if skip_under_reference("the reference keeps a program's whole output, and waits for it") {
+        return;
+    }
+    // `sleep 37.<digits>`: a process name no other test's has.
+    let mark = format!("37.{}", u32::from_str_radix(&token(), 16).unwrap_or(1));
+    let (mut node, _) = node_after_script(
+        "program_output",
+        &[&mark],
+        &["held_output", "big_kept", "big_noted", "closed"],
+    );
+    let log = node.log();
+    node.ensure(
+        log.contains("program output over the per-stream limit"),
+        "the node did not log the dropped output",
+    );
+    node.assert_alive();
+}
+
 /// Children of `parent` with `arg` on their command line.
 fn children_with_arg(parent: u32, arg: &str) -> Vec<u32> {
     let mut found = Vec::new();

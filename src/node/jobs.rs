@@ -417,8 +417,10 @@ impl Node {
                 let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
             }
         }
-        let out_task = tokio::spawn(read_capped(stdout, MAX_PROGRAM_OUTPUT));
-        let err_task = tokio::spawn(read_capped(stderr, MAX_PROGRAM_OUTPUT));
+        let (out_stop, out_stopped) = oneshot::channel();
+        let (err_stop, err_stopped) = oneshot::channel();
+        let out_task = tokio::spawn(read_capped(stdout, MAX_PROGRAM_OUTPUT, out_stopped));
+        let err_task = tokio::spawn(read_capped(stderr, MAX_PROGRAM_OUTPUT, err_stopped));
         let status = exit.wait().await;
         if let Some(pid) = pid {
             self.procs.remove(pid);
@@ -430,8 +432,18 @@ impl Node {
         let limit_hit = cgroup.and_then(super::spawning::retire_cgroup);
         // Without a cgroup, a process that left the job's session may still hold the pipes
         // open: take what arrived within a short grace period rather than wait for it forever.
-        let stdout = collect_output(out_task).await;
-        let stderr = collect_output(err_task).await;
+        let (stdout, stderr) = tokio::join!(
+            collect_output(out_task, out_stop),
+            collect_output(err_task, err_stop)
+        );
+        let uid = self.lock().jobs.get(&id).map(|j| j.uid);
+        let (stdout, stdout_dropped) = stdout.kept_noting("stdout", uid);
+        let (mut stderr, stderr_dropped) = stderr.kept_noting("stderr", uid);
+        for (stream, dropped) in [("stdout", stdout_dropped), ("stderr", stderr_dropped)] {
+            if dropped > 0 {
+                stderr.extend_from_slice(&truncation_note(stream, dropped));
+            }
+        }
         let waited = status.map(|status| std::process::Output {
             status,
             stdout,
@@ -1078,40 +1090,92 @@ fn output_pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     Ok((r, w))
 }
 
-/// A program's output on one stream to its end, the first `cap` bytes kept (the rest is read
-/// and dropped, so the program never blocks on a full pipe). Read straight into the kept
-/// bytes, grown as output comes: most programs write a line or two, and a fixed 64 KiB
-/// buffer per stream and job was mapped and unmapped by musl's allocator every time.
-async fn read_capped<R: tokio::io::AsyncRead + Unpin>(r: Option<R>, cap: usize) -> Vec<u8> {
+/// What a program wrote to one stream: the first `cap` bytes, and how many more were dropped.
+#[derive(Debug, Default)]
+struct Captured {
+    kept: Vec<u8>,
+    dropped: u64,
+}
+
+impl Captured {
+    /// The kept bytes and the dropped count, logged when output was dropped.
+    fn kept_noting(self, stream: &str, job: Option<i64>) -> (Vec<u8>, u64) {
+        if self.dropped > 0 {
+            tracing::warn!(
+                job,
+                stream,
+                kept = self.kept.len(),
+                dropped = self.dropped,
+                "program output over the per-stream limit: the rest was dropped"
+            );
+        }
+        (self.kept, self.dropped)
+    }
+}
+
+/// The line added to a program job's stderr when a stream was cut: the client must see that
+/// what it got is not all the program wrote.
+fn truncation_note(stream: &str, dropped: u64) -> Vec<u8> {
+    format!(
+        "\ndispynode: {stream} truncated: the first {} MiB kept, {dropped} more bytes dropped\n",
+        MAX_PROGRAM_OUTPUT >> 20
+    )
+    .into_bytes()
+}
+
+/// A program's output on one stream to its end (or until `stop`), the first `cap` bytes kept
+/// (the rest is read, counted and dropped, so the program never blocks on a full pipe). Read
+/// straight into the kept bytes, grown as output comes: most programs write a line or two,
+/// and a fixed 64 KiB buffer per stream and job was mapped and unmapped by musl's allocator
+/// every time.
+async fn read_capped<R: tokio::io::AsyncRead + Unpin>(
+    r: Option<R>,
+    cap: usize,
+    mut stop: oneshot::Receiver<()>,
+) -> Captured {
     use tokio::io::AsyncReadExt;
-    let mut kept = Vec::new();
-    let Some(mut r) = r else { return kept };
+    let mut out = Captured::default();
+    let Some(mut r) = r else { return out };
     let mut dropped = Vec::new();
     loop {
-        let room = cap - kept.len();
-        let read = if room == 0 {
-            dropped.resize(64 * 1024, 0);
-            r.read(&mut dropped).await
-        } else {
-            if kept.len() == kept.capacity() {
-                kept.reserve_exact(kept.len().clamp(512, 1 << 20).min(room));
-            }
-            (&mut r).take(room as u64).read_buf(&mut kept).await
+        let room = cap - out.kept.len();
+        let kept = &mut out.kept;
+        let read = tokio::select! {
+            biased;
+            read = async {
+                if room == 0 {
+                    dropped.resize(64 * 1024, 0);
+                    r.read(&mut dropped).await.map(|n| (n, true))
+                } else {
+                    if kept.len() == kept.capacity() {
+                        kept.reserve_exact(kept.len().clamp(512, 1 << 20).min(room));
+                    }
+                    (&mut r).take(room as u64).read_buf(kept).await.map(|n| (n, false))
+                }
+            } => read,
+            // A read in flight is dropped unfinished: tokio's reads consume nothing then.
+            _ = &mut stop => return out,
         };
-        if matches!(read, Ok(0) | Err(_)) {
-            return kept;
+        match read {
+            Ok((0, _)) | Err(_) => return out,
+            Ok((n, true)) => out.dropped += n as u64,
+            Ok(_) => {}
         }
     }
 }
 
-async fn collect_output(mut task: tokio::task::JoinHandle<Vec<u8>>) -> Vec<u8> {
-    match tokio::time::timeout(OUTPUT_GRACE, &mut task).await {
-        Ok(Ok(out)) => out,
-        _ => {
-            task.abort();
-            Vec::new()
-        }
+/// The output `task` read, once the program's stream ends or, at the latest, OUTPUT_GRACE
+/// after the program exited: then whatever arrived until then (a process that left the job's
+/// group may hold the pipe open for long).
+async fn collect_output(
+    mut task: tokio::task::JoinHandle<Captured>,
+    stop: oneshot::Sender<()>,
+) -> Captured {
+    if let Ok(done) = tokio::time::timeout(OUTPUT_GRACE, &mut task).await {
+        return done.unwrap_or_default();
     }
+    let _ = stop.send(());
+    task.await.unwrap_or_default()
 }
 
 /// Removes transferred files (paths relative to the computation directory) without following
@@ -1136,6 +1200,7 @@ fn remove_files(dir: &std::path::Path, files: &[PathBuf]) {
 mod tests {
     use super::read_capped;
     use tokio::io::AsyncWriteExt;
+    use tokio::sync::oneshot;
 
     /// `len` bytes of a pattern that shows any loss or reordering, written in pieces through a
     /// small pipe (as a program's output comes), read by `read_capped` with `cap`.
@@ -1148,9 +1213,11 @@ mod tests {
                 w.write_all(piece).await.unwrap();
             }
         });
-        let kept = read_capped(Some(r), cap).await;
+        let (_stop, stopped) = oneshot::channel();
+        let got = read_capped(Some(r), cap, stopped).await;
         writer.await.unwrap(); // the writer got rid of everything: nothing blocks it
-        (data, kept)
+        assert_eq!(got.dropped, (len - got.kept.len()) as u64);
+        (data, got.kept)
     }
 
     #[tokio::test]
@@ -1184,6 +1251,23 @@ mod tests {
 
     #[tokio::test]
     async fn no_stream_no_output() {
-        assert!(read_capped(None::<&[u8]>, 10).await.is_empty());
+        let (_stop, stopped) = oneshot::channel();
+        let got = read_capped(None::<&[u8]>, 10, stopped).await;
+        assert!(got.kept.is_empty() && got.dropped == 0);
+    }
+
+    /// A stream whose writer end stays open (a program's background child holds it) gives
+    /// what arrived until the stop, not nothing.
+    #[tokio::test]
+    async fn stopped_before_the_end_keeps_what_arrived() {
+        let (mut w, r) = tokio::io::duplex(1000);
+        w.write_all(b"two lines\nof output\n").await.unwrap();
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(read_capped(Some(r), 1 << 20, stopped));
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        stop.send(()).unwrap();
+        let got = task.await.unwrap();
+        assert_eq!(got.kept, b"two lines\nof output\n");
+        drop(w);
     }
 }
