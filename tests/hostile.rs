@@ -1403,6 +1403,29 @@ fn job_forging_worker_events() {
     normal_job_and_finish(&mut node, &base, "forge");
 }
 
+/// A job writes a frame header announcing 4 GiB into its worker's stream to the daemon. The
+/// node stops that worker (logged as an error) instead of reading on a broken stream while
+/// the worker starts jobs nobody hears of: the jobs end Terminated, the close is answered,
+/// and the node is free for the next client (it used to stay taken until restarted).
+#[test]
+fn job_breaking_its_workers_stream_stops_the_worker() {
+    let Some((mut node, base)) = start(&[]) else {
+        return;
+    };
+    let run = run_against(&node, "hostile_bad_frame", &[]);
+    node.assert_alive();
+    run.assert_checks(
+        &node,
+        &["breaker_terminated", "next_job_terminated", "closed"],
+    );
+    node.ensure(
+        node.log()
+            .contains("the computation's Python worker is gone"),
+        "no error logged for the stopped worker",
+    );
+    normal_job_and_finish(&mut node, &base, "bad-frame");
+}
+
 /// A job (cleanup=True) leaves a 20000-deep directory tree in its computation directory;
 /// the node removes the directory at close and must survive it.
 #[test]

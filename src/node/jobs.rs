@@ -220,6 +220,19 @@ impl Node {
                     if let Some(pid) = worker_pid {
                         self.procs.remove(pid);
                     }
+                    // Still the computation's worker: it died (killed, out of memory) or its
+                    // stream broke, not closed by us. Make sure it is gone (a broken stream
+                    // leaves it running jobs nobody hears of), and say so: its jobs end
+                    // Terminated and further jobs fail until the client closes.
+                    let (_, current) = self.cgroup_and_worker(compute_id);
+                    if let Some(w) = current.filter(|w| w.pid.map(|p| p as i32) == worker_pid) {
+                        w.kill();
+                        tracing::error!(
+                            computation = compute_id,
+                            "the computation's Python worker is gone: its running jobs end \
+                             Terminated, further jobs fail until the client closes it"
+                        );
+                    }
                     let ids: Vec<u64> = self
                         .lock()
                         .jobs

@@ -96,6 +96,9 @@ pub struct Worker {
     pending: Arc<Mutex<Option<oneshot::Sender<ControlReply>>>>,
     child: Mutex<Option<Child>>,
     pub pid: Option<u32>,
+    /// Set once the worker is stopped: nothing more is sent (a write could still land in the
+    /// pipe of a worker about to die, and no event would ever answer it).
+    stopped: std::sync::atomic::AtomicBool,
 }
 
 impl Worker {
@@ -135,12 +138,16 @@ impl Worker {
             pending: pending.clone(),
             pid: child.id(),
             child: Mutex::new(Some(child)),
+            stopped: std::sync::atomic::AtomicBool::new(false),
         });
         tokio::spawn(read_events(stdout, pending, events));
         Ok(w)
     }
 
     async fn send(&self, header: &Json, blob: &[&[u8]]) -> Result<(), WorkerError> {
+        if self.stopped.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(WorkerError::Gone);
+        }
         let h = serde_json::to_vec(header).map_err(|e| WorkerError::Protocol(e.to_string()))?;
         let blob_len: usize = blob.iter().map(|b| b.len()).sum();
         // A small message goes in one write (the worker wakes once, reads it whole); a large
@@ -213,8 +220,11 @@ impl Worker {
         self.send(&json!({"op": "kill", "id": id}), &[]).await
     }
 
-    /// Kills the worker and with it (EOF on its stdin) its job children.
+    /// Kills the worker and with it (EOF on its stdin) its job children; nothing is sent to
+    /// it any more.
     pub fn kill(&self) {
+        self.stopped
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         if let Ok(mut c) = self.child.lock() {
             if let Some(mut child) = c.take() {
                 let _ = child.start_kill();
@@ -254,7 +264,13 @@ async fn read_events(
     loop {
         let (header, blob) = match read_message(&mut r).await {
             Ok(m) => m,
-            Err(_) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Err(e) => {
+                // Job code can write to this stream too; whatever it wrote, the stream is
+                // lost from here on (worker_events then stops the worker).
+                tracing::error!(error = %e, "unreadable message from the Python worker");
+                break;
+            }
         };
         let ev = header
             .get("ev")
