@@ -1271,6 +1271,11 @@ class Worker:
             kwargs = pickle.loads(blob[args_len:])
             value = lookup(user_globals, self.config['name'])(*args, **kwargs)
             status, result, exception = FINISHED, pickle.dumps(value, RESULT_PROTOCOL), None
+            size, limit = len(result), self.config.get('max_result')
+            if limit and size > limit:  # the daemon would not read a frame this big
+                status, result = TERMINATED, pickle.dumps(None, RESULT_PROTOCOL)
+                exception = ('dispynode: the result pickles to %d bytes, more than this node '
+                             'returns (%d)' % (size, limit))
         except BaseException as exc:  # includes KeyboardInterrupt from a cancel
             status, result = TERMINATED, pickle.dumps(None, RESULT_PROTOCOL)
             exception = format_user_exception(exc, user_globals)

@@ -43,6 +43,9 @@ pub const MAX_UNAUTH_PER_SOURCE: usize = 128;
 pub const MAX_UNAUTH_CONNECTIONS: usize = MAX_CONNECTIONS * 3 / 4;
 /// Largest frame the Python worker may send (a job result travels in it).
 pub const MAX_WORKER_FRAME: usize = 1 << 30;
+/// The largest pickled result a function job may return: a worker frame, less room for the
+/// frame's other parts.
+pub const MAX_RESULT: usize = MAX_WORKER_FRAME - (1 << 20);
 /// How long a Python worker may take to start and compile a computation's code.
 pub const WORKER_START: Duration = Duration::from_secs(60);
 /// How long a computation's cleanup function may run at close.

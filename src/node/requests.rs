@@ -385,6 +385,9 @@ impl Node {
             "client_addr": [client_addr.0, client_addr.1],
             "scheduler_addr": [c.scheduler_ip_addr, c.job_result_port],
             "max_file_size": self.live().max_file_size,
+            // A result past what the daemon reads from the worker is refused by the job
+            // itself (a frame that large would break the worker's stream).
+            "max_result": crate::limits::MAX_RESULT,
             "msg_timeout": self.live().msg_timeout.as_secs_f64(),
             // Jobs verify the client with the certificate itself: they may not read the files.
             "cadata": self.tls.as_ref().map(|t| t.certificate_pem()),

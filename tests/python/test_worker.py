@@ -549,6 +549,17 @@ class JobTests(WorkerTestCase):
         self.assertEqual(len(value), size)
         self.assertEqual(value.count(b'x'), size)
 
+    def test_result_over_the_limit_is_refused_by_the_job(self):
+        # The daemon sends max_result (src/limits.rs MAX_RESULT): a larger result would break
+        # the worker's stream, so the job reports it instead, and the worker goes on.
+        worker = self.ready(max_result=1000)
+        header, value = worker.run_job('big', 2000)
+        self.assertEqual((header['status'], value), (9, None))
+        self.assertRegex(header['exception'],
+                         r'the result pickles to \d+ bytes, more than this node returns \(1000\)')
+        header, value = worker.run_job('big', 500)
+        self.assertEqual((header['status'], len(value)), (11, 500))
+
     def test_exit_without_result(self):
         worker = self.ready()
         header, value = worker.run_job('os_exit', 4)
