@@ -590,6 +590,23 @@ def _kill_group(pid):
             pass
 
 
+def _reap(pid):
+    """(pid, wait status) of an exited child (`pid`, or any with -1), (0, 0) if none has
+    exited. Before reaping it, SIGKILL to the rest of its group: what a job started and left
+    running (fork, Popen) ends with the job, as a program job's group does (with cgroups the
+    daemon kills the job's cgroup too). While unreaped, the child holds its pid, so the group
+    id cannot belong to anyone else yet."""
+    info = os.waitid(os.P_PID if pid > 0 else os.P_ALL, max(pid, 0),
+                     os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    if info is None:
+        return 0, 0
+    try:
+        os.killpg(info.si_pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass  # not a group leader (a spare before its job), or its group is empty
+    return os.waitpid(info.si_pid, 0)
+
+
 def _describe_exit(wait_status):
     """(signal, exit_code, explanation) for a child that sent no result."""
     if wait_status is None:
@@ -1036,8 +1053,7 @@ class Worker:
         reference count is a write), so this loop touches as few objects as it can: local
         names, no objects made per spare, the fork inline."""
         ready = set()  # spares sent and not taken
-        pipe, fork, close, read, waitpid, wnohang = (os.pipe, os.fork, os.close, os.read,
-                                                     os.waitpid, os.WNOHANG)
+        pipe, fork, close, read, reap = os.pipe, os.fork, os.close, os.read, _reap
         sendmsg, send, recv, poll = sock.sendmsg, sock.send, sock.recv, poller.poll
         pack_pid, pack_fds, pack_exit = _ZPID.pack, _ZFDS.pack, _ZEXIT.pack
         add_child, add_ready, discard_ready = children.add, ready.add, ready.discard
@@ -1077,7 +1093,7 @@ class Worker:
                     # whose processes are the worker's): any pid is one of them.
                     while children:
                         try:
-                            pid, status = waitpid(-1, wnohang)
+                            pid, status = reap(-1)
                         except ChildProcessError:
                             break
                         if not pid:
@@ -1338,7 +1354,7 @@ class Worker:
             if job.zygote:  # the zygote reports those
                 continue
             try:
-                pid, wait_status = os.waitpid(job.pid, os.WNOHANG)
+                pid, wait_status = _reap(job.pid)
             except ChildProcessError:
                 pid, wait_status = job.pid, None
             if pid:

@@ -378,6 +378,21 @@ fn program_output_held_open_or_over_the_limit() {
     node.assert_alive();
 }
 
+/// What a function job leaves running (a Popen'd `sleep`, a fork of itself) ends with the
+/// job, as a program job's process group does; with cgroups the job's cgroup goes too.
+#[test]
+fn function_job_leftovers_end_with_the_job() {
+    if skip_under_reference("the reference leaves a job's children running") {
+        return;
+    }
+    let mark = format!("41.{}", u32::from_str_radix(&token(), 16).unwrap_or(1));
+    node_after_script(
+        "job_leftovers",
+        &[&mark],
+        &["job", "leftovers_gone", "closed"],
+    );
+}
+
 /// Children of `parent` with `arg` on their command line.
 fn children_with_arg(parent: u32, arg: &str) -> Vec<u32> {
     let mut found = Vec::new();
