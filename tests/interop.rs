@@ -232,7 +232,8 @@ fn setup_and_cleanup_functions() {
 
 /// The client's calls on one node: `submit_node`, `node_jobs(from_node=True)` (JOBS),
 /// `resetup_node` (CLOSE with close=False: cleanup, then the client's SETUP again) and
-/// `close_node(terminate_pending=True)` while a job runs (it ends Terminated).
+/// `close_node(terminate_pending=True)` while a job runs (it ends Terminated); a CLOSE for
+/// another node address is refused.
 #[test]
 fn node_calls_of_the_client() {
     if skip_under_reference(
@@ -253,6 +254,7 @@ fn node_calls_of_the_client() {
             "running_job",
             "resetup_node",
             "setup_ran_again",
+            "close_elsewhere_ignored",
             "close_node",
             "close_node_terminates",
         ],

@@ -1041,6 +1041,18 @@ fn host_name_as_address_serves_a_real_client() {
     node.assert_run(&run, &["replied", "results", "closed"]);
 }
 
+/// A PING without a sign (what dispynetrelay forwards) gets the node's own PING back on the
+/// reply port, as from the reference, so that the scheduler behind the relay PINGs the node
+/// itself; one with a sign still gets a PONG.
+#[test]
+fn relayed_ping_gets_the_nodes_ping() {
+    let node = LifeNode::start(&LifeOpts::default());
+    let run = node.run("life_ping", &["--expect", "relay"]);
+    node.assert_run(&run, &["relayed"]);
+    let run = node.run("life_ping", &["--expect", "pong"]);
+    node.assert_run(&run, &["pong"]);
+}
+
 /// `--scheduler_node NAME` (4.15.2's `dispynode.py` spells it `--scheduler_host`): at start the
 /// node resolves the name and announces itself to that scheduler directly, over TCP as well
 /// as the UDP broadcast, so a scheduler on another network learns of it.

@@ -58,14 +58,10 @@ impl Node {
             tracing::debug!(client = %src, version = %ping.version, "ignored PING from another dispy version");
             return;
         }
-        let Some(client_sign) = ping.sign.clone() else {
-            tracing::debug!(client = %src, "ignored relayed PING without sign");
-            return;
-        };
         // A PONG carries sha1(secret + the PING's sign): with this node's own sign, that is
         // the auth code of every request to it, which a peer without the secret would learn
         // from one datagram (the reference answers it). Real clients send signs of their own.
-        if client_sign == self.sign {
+        if ping.sign.as_deref() == Some(self.sign.as_str()) {
             const KIND: &str =
                 "refused PING carrying this node's own sign (a probe for its auth code)";
             if self.may_log(KIND) {
@@ -102,6 +98,25 @@ impl Node {
                 targets.push(a);
             }
         }
+        // A PING without a sign was relayed (dispynetrelay): like the reference, answer it
+        // with the node's own PING, which makes each scheduler PING us itself.
+        let Some(client_sign) = ping.sign.clone() else {
+            for t in targets {
+                let na = self
+                    .addrs
+                    .iter()
+                    .find(|na| na.bind.is_unspecified() || same_family(&na.bind, &t));
+                let Some(na) = na else { continue };
+                let msg = message::announce(
+                    &na.announce,
+                    self.cfg.node_port,
+                    &self.sign,
+                    Some(&t.to_string()),
+                );
+                self.send_discovery(SocketAddr::new(t, ping.port), msg, src);
+            }
+            return;
+        };
         let auth = auth::auth_code(&self.cfg.secret, &client_sign);
         for na in &self.addrs {
             let node_ip = na.bind;
@@ -120,22 +135,32 @@ impl Node {
                     scheduler_ip_addr: &t.to_string(),
                 }
                 .encode();
-                let addr = SocketAddr::new(*t, ping.port);
-                let limit = self.msg_timeout();
-                let node = self.clone();
-                let Ok(slot) = self.pong_slots.clone().try_acquire_owned() else {
-                    tracing::debug!(client = %src, "PONG dropped: too many in flight");
+                if !self.send_discovery(SocketAddr::new(*t, ping.port), msg, src) {
                     return;
-                };
-                tokio::spawn(async move {
-                    let _slot = slot;
-                    match net::request(addr, &msg, false, limit, node.tls.as_ref()).await {
-                        Ok(_) => tracing::debug!(client = %addr, "PONG sent"),
-                        Err(e) => tracing::debug!(client = %addr, error = %e, "PONG not delivered"),
-                    }
-                });
+                }
             }
         }
+    }
+
+    /// Sends a PONG (or a relayed PING's answer) on a connection of its own, within the
+    /// node's bound on those in flight; false when that bound dropped it.
+    fn send_discovery(self: &Arc<Self>, addr: SocketAddr, msg: Vec<u8>, src: IpAddr) -> bool {
+        let limit = self.msg_timeout();
+        let node = self.clone();
+        let Ok(slot) = self.pong_slots.clone().try_acquire_owned() else {
+            tracing::debug!(client = %src, "PONG dropped: too many in flight");
+            return false;
+        };
+        tokio::spawn(async move {
+            let _slot = slot;
+            match net::request(addr, &msg, false, limit, node.tls.as_ref()).await {
+                Ok(_) => tracing::debug!(client = %addr, "discovery reply sent"),
+                Err(e) => {
+                    tracing::debug!(client = %addr, error = %e, "discovery reply not delivered")
+                }
+            }
+        });
+        true
     }
 
     /// Where the UDP announcement goes: broadcast, or loopback when we serve only loopback

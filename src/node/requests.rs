@@ -714,6 +714,14 @@ impl Node {
         let valid = {
             let mut st = self.lock();
             match st.computations.get_mut(&req.compute_id) {
+                Some(c)
+                    if req.auth.as_deref() == Some(c.compute.auth.as_str())
+                        && req.node_ip_addr.as_deref() != Some(c.compute.node_ip_addr.as_str()) =>
+                {
+                    // As the reference: a CLOSE is for the address the computation came to.
+                    tracing::warn!(client = %peer, computation = req.compute_id, node_ip_addr = ?req.node_ip_addr, "refused CLOSE: not for this computation's node address");
+                    false
+                }
                 Some(c) if req.auth.as_deref() == Some(c.compute.auth.as_str()) => {
                     c.closing = true;
                     true

@@ -2,8 +2,13 @@
 PINGs may carry), with a listener of our own as the reply port: the node answers a free,
 open node's PING with a PONG on a new connection to that port.
 
-argv: PORT --expect pong|none [--wait SECS]
-Checks: pong (a PONG came within --wait, default 3 s) or no_pong (nothing came)
+With --expect relay the PING has no sign, as dispynetrelay forwards a client's: the node
+answers with a PING of its own (its address, port and sign), as the reference does, so that
+the scheduler PINGs it.
+
+argv: PORT --expect pong|none|relay [--wait SECS]
+Checks: pong (a PONG came within --wait, default 3 s), no_pong (nothing came) or relayed
+(the node's PING came)
 """
 import socket
 import sys
@@ -11,7 +16,7 @@ import time
 
 import common
 import dispy
-from pycos import AsyncSocket, serialize
+from pycos import AsyncSocket, deserialize, serialize
 
 
 def opt(name, default=None):
@@ -32,6 +37,8 @@ if __name__ == '__main__':
     listener.settimeout(common.budget(wait))
     ping = {'version': dispy._dispy_version, 'sign': 'p' * 40,
             'port': listener.getsockname()[1], 'ip_addrs': ['127.0.0.1']}
+    if expect == 'relay':
+        ping.update(sign=None, relay=True)
     sock = AsyncSocket(socket.socket(), blocking=True)
     sock.settimeout(5)
     sock.connect(('127.0.0.1', port))
@@ -49,6 +56,13 @@ if __name__ == '__main__':
         pass
     if expect == 'pong':
         common.check('pong', got.startswith(b'PONG:'), got[:40])
+    elif expect == 'relay':
+        try:
+            info = deserialize(got[len(b'PING:'):]) if got.startswith(b'PING:') else None
+        except Exception:
+            info = None
+        common.check('relayed', isinstance(info, dict) and info.get('port') == port and
+                     info.get('ip_addr') == '127.0.0.1' and bool(info.get('sign')), got[:200])
     else:
         common.check('no_pong', not got, got[:40])
     common.finish()

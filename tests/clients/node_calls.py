@@ -1,6 +1,7 @@
 """The client's calls on one node: submit_node, node_jobs(from_node=True) (a JOBS request to
 the node), resetup_node (CLOSE with close=False, then SETUP again) and close_node with
-terminate_pending (CLOSE while a job runs).
+terminate_pending (CLOSE while a job runs); a raw CLOSE for another node address changes
+nothing.
 
 setup() records when it ran in a global; each job returns it, so a job after resetup_node
 shows that setup ran again. cleanup() logs "INTEROP_NODE_CALLS_CLEANUP <token>" (the
@@ -12,6 +13,7 @@ import time
 
 import common
 import dispy
+import life_common as lc
 
 
 def setup(token):
@@ -85,6 +87,14 @@ if __name__ == '__main__':
 
     common.check('setup_ran_again', common.wait_until(setup_ran_again, 30, step=0.2),
                  (before, seen[-3:]))
+
+    # A CLOSE with the computation's auth but for another node address is refused (as the
+    # reference): the computation goes on.
+    req = lc.compute_req(c, node_ip_addr='127.0.0.2', terminate_pending=True, close=True)
+    common.info('close_elsewhere', lc.raw_request(c, b'CLOSE:', req))
+    still = common.submit(c, 6)
+    common.check_eq('close_elsewhere_ignored', common.wait_job(still, 30) and
+                    result_of(still)[:2], (12, token))
 
     long = common.submit(c, 9, 60)
     common.wait_until(lambda: common.client_has_it_running(long), 20)
