@@ -11,26 +11,10 @@ import dispy
 
 
 def breaker():
-    import fcntl
-    import os
-    import stat
     import struct
     import time
 
-    written = 0
-    for name in os.listdir('/proc/self/fd'):
-        fd = int(name)
-        if fd < 3:
-            continue
-        try:
-            if not stat.S_ISFIFO(os.fstat(fd).st_mode):
-                continue
-            if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_WRONLY:
-                continue
-            os.write(fd, struct.pack('>L', 0xFFFFFFF0))
-            written += 1
-        except OSError:
-            pass
+    written = write_to_writable_pipes(struct.pack('>L', 0xFFFFFFF0))
     time.sleep(5)  # the worker is stopped meanwhile, and this job with it
     return written
 
@@ -40,7 +24,7 @@ def plain(n):
 
 
 if __name__ == '__main__':
-    c = common.cluster(breaker)
+    c = common.cluster(breaker, depends=[common.write_to_writable_pipes])
     job = common.submit(c)
     common.check_eq('breaker_terminated', common.wait_job(job, 30) and job.status,
                     dispy.DispyJob.Terminated)

@@ -16,11 +16,8 @@ def slow(seconds):
 
 
 def forge(first, last):
-    import fcntl
     import json
-    import os
     import pickle
-    import stat
     import struct
 
     def frame(header, blob=b''):
@@ -32,26 +29,12 @@ def forge(first, last):
                       + frame({'ev': 'done', 'id': i, 'status': 9, 'stdout': '', 'stderr': '',
                                'exception': 'job killed: forged'}, blob)
                       for i in range(first, last))
-    written = 0
-    for name in os.listdir('/proc/self/fd'):
-        fd = int(name)
-        if fd < 3:
-            continue
-        try:
-            if not stat.S_ISFIFO(os.fstat(fd).st_mode):
-                continue
-            if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_WRONLY:
-                continue
-            os.write(fd, frames)
-            written += 1
-        except OSError:
-            pass
-    return written
+    return write_to_writable_pipes(frames)
 
 
 if __name__ == '__main__':
     victim = common.cluster(slow)
-    forger = common.cluster(forge)
+    forger = common.cluster(forge, depends=[common.write_to_writable_pipes])
     job = common.submit(victim, 3)
     common.check('victim_running', common.wait_until(
         lambda: job.status == dispy.DispyJob.Running, 20), common.status_name(job.status))

@@ -12,7 +12,6 @@ Checks (ok): replied, results, [node_cpus], closed
 Checks (none): no_reply, not_run, no_node
 """
 import os
-import sys
 
 import common
 import dispy
@@ -24,26 +23,18 @@ def compute(n):
     return (n * n, os.getcwd())
 
 
-def opt(name, default=None):
-    if name in sys.argv:
-        i = sys.argv.index(name)
-        if i + 1 < len(sys.argv):
-            return sys.argv[i + 1]
-    return default
-
-
 if __name__ == '__main__':
     port = common.port()
-    client_port = int(opt('--client-port', port - 1))
-    expect = opt('--expect', 'ok')
+    client_port = int(common.opt('--client-port', port - 1))
+    expect = common.opt('--expect', 'ok')
     kw = {}
-    if opt('--secret') is not None:
-        kw['secret'] = opt('--secret')
-    if opt('--certfile'):
-        kw['certfile'] = os.path.abspath(opt('--certfile'))
-    if opt('--keyfile'):
-        kw['keyfile'] = os.path.abspath(opt('--keyfile'))
-    njobs = int(opt('--jobs', '2'))
+    if common.opt('--secret') is not None:
+        kw['secret'] = common.opt('--secret')
+    if common.opt('--certfile'):
+        kw['certfile'] = os.path.abspath(common.opt('--certfile'))
+    if common.opt('--keyfile'):
+        kw['keyfile'] = os.path.abspath(common.opt('--keyfile'))
+    njobs = int(common.opt('--jobs', '2'))
     c = lc.cluster_at(compute, port, client_port, depends=[], **kw)
     if expect == 'ok':
         jobs = [common.submit(c, i) for i in range(1, njobs + 1)]
@@ -57,13 +48,13 @@ if __name__ == '__main__':
             if isinstance(j.result, tuple):
                 common.info('dest_dir', j.result[1])
                 break
-        if opt('--cpus') is not None:
+        if common.opt('--cpus') is not None:
             nodes = [(n.ip_addr, n.cpus) for n in c.status().nodes]
-            common.check_eq('node_cpus', nodes, [(lc.HOST, int(opt('--cpus')))])
+            common.check_eq('node_cpus', nodes, [(lc.HOST, int(common.opt('--cpus')))])
         common.check('closed', common.close(c), 'close reported pending jobs')
     else:
         job = common.submit(c, 3)
-        finished = common.wait_job(job, float(opt('--wait', '15')))
+        finished = common.wait_job(job, float(common.opt('--wait', '15')))
         common.check('no_reply', not finished,
                      'job finished: %s %r' % (common.status_name(job.status), job.result))
         common.check_eq('not_run', (common.status_name(job.status), job.result),

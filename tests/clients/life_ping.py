@@ -11,26 +11,16 @@ Checks: pong (a PONG came within --wait, default 3 s), no_pong (nothing came) or
 (the node's PING came)
 """
 import socket
-import sys
-import time
 
 import common
 import dispy
 from pycos import AsyncSocket, deserialize, serialize
 
 
-def opt(name, default=None):
-    if name in sys.argv:
-        i = sys.argv.index(name)
-        if i + 1 < len(sys.argv):
-            return sys.argv[i + 1]
-    return default
-
-
 if __name__ == '__main__':
     port = common.port()
-    expect = opt('--expect', 'pong')
-    wait = float(opt('--wait', '3'))
+    expect = common.opt('--expect', 'pong')
+    wait = float(common.opt('--wait', '3'))
     listener = socket.socket()
     listener.bind(('127.0.0.1', 0))
     listener.listen(8)
