@@ -268,6 +268,30 @@ def raw_request(c, tag, req, keep=False, timeout=10):
     return reply
 
 
+def raw_to(port, node_auth, msg, ack=False, timeout=10):
+    """One request (`msg` = tag + pickle) with the auth prefix `node_auth` (bytes), without a
+    live client: the deserialized reply (the raw bytes if not a pickle, None if none came,
+    ('exception', ...) on an error); with `ack`, a _JobReply is acknowledged."""
+    sock = AsyncSocket(socket.socket(socket.AF_INET, socket.SOCK_STREAM), blocking=True)
+    sock.settimeout(timeout)
+    try:
+        sock.connect((HOST, port))
+        sock.sendall(node_auth)
+        sock.send_msg(msg)
+        reply = sock.recv_msg()
+        try:
+            reply = deserialize(reply) if reply else None
+        except Exception:
+            pass
+        if ack and isinstance(reply, dispy._JobReply):
+            sock.send_msg(b'ACK')
+        return reply
+    except Exception as exc:
+        return ('exception', repr(exc))
+    finally:
+        sock.close()
+
+
 def compute_req(c, **extra):
     req = {'compute_id': c._compute.id, 'auth': c._compute.auth}
     req.update(extra)

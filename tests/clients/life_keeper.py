@@ -5,26 +5,12 @@ computation (the harness checks the zombie is still closed in time).
 
 argv: PORT NODE_AUTH COMPUTE_ID
 """
-import socket
 import sys
 import time
 
 import common
-from pycos import AsyncSocket, serialize
-
-
-def send(port, node_auth, msg):
-    sock = AsyncSocket(socket.socket(), blocking=True)
-    sock.settimeout(5)
-    try:
-        sock.connect(('127.0.0.1', port))
-        sock.sendall(node_auth)
-        sock.send_msg(msg)
-        return sock.recv_msg()
-    except Exception as exc:
-        return repr(exc)
-    finally:
-        sock.close()
+import life_common as lc
+from pycos import serialize
 
 
 if __name__ == '__main__':
@@ -36,7 +22,7 @@ if __name__ == '__main__':
     sent = 0
     while True:  # the harness kills us
         for msg in requests:
-            send(port, node_auth, msg)
+            lc.raw_to(port, node_auth, msg, timeout=5)
             sent += 1
         common.info('sent', sent)
         time.sleep(2)

@@ -20,7 +20,7 @@ import time
 import common
 import dispy
 import life_common as lc
-from pycos import AsyncSocket, serialize, deserialize
+from pycos import serialize, deserialize
 
 
 def compute(n):
@@ -61,21 +61,7 @@ def one_client(port, n, compute_id, out):
 
 
 def raw(port, node_auth, tag, req, ack=False):
-    sock = AsyncSocket(socket.socket(), blocking=True)
-    sock.settimeout(10)
-    try:
-        sock.connect((lc.HOST, port))
-        sock.sendall(node_auth.encode())
-        sock.send_msg(tag + serialize(req))
-        msg = sock.recv_msg()
-        reply = deserialize(msg) if msg else None
-        if ack and isinstance(reply, dispy._JobReply):
-            sock.send_msg(b'ACK')
-        return reply
-    except Exception as exc:
-        return ('exception', repr(exc))
-    finally:
-        sock.close()
+    return lc.raw_to(port, node_auth.encode(), tag + serialize(req), ack=ack)
 
 
 def result_of(reply):
